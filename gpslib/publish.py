@@ -1,0 +1,113 @@
+"""Where figures and tables go, and how they get there: atomically.
+
+Every figure goes through :func:`savefig`, every table through
+:func:`save_table` (Markdown, CSV and LaTeX). Files are written to a
+temporary name in the target folder and moved into place with
+``os.replace``, so an interrupted run never leaves a half-written file.
+
+Target folder, in order of precedence:
+
+1. ``$GPSLIB_FIGURES_DIR`` (``run_all.sh`` sets it to a per-notebook staging
+   folder and moves the files into ``figures/`` only when the notebook
+   succeeds, so a failing notebook never replaces good figures);
+2. ``figures/`` at the repository root for the ``cpu`` and ``paper`` profiles;
+3. ``runs/smoke/figures/`` for ``smoke``: a smoke run never writes into ``figures/``.
+
+Both helpers return the file name relative to the target folder, so
+notebook output never shows an absolute path.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib.figure
+import pandas as pd
+
+from gpslib.profiles import publishes_figures
+
+__all__ = ["repo_root", "figures_dir", "savefig", "save_table", "atomic_write_text"]
+
+
+def repo_root() -> Path:
+    """The repository root (the folder holding ``pyproject.toml`` above this package), else the cwd."""
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def figures_dir(profile: str) -> Path:
+    """The folder a run in ``profile`` publishes into (created if absent)."""
+    override = os.environ.get("GPSLIB_FIGURES_DIR")
+    if override:
+        out = Path(override)
+    elif publishes_figures(profile):
+        out = repo_root() / "figures"
+    else:
+        out = repo_root() / "runs" / profile / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"figure/table name must be a plain file stem; got name={name!r}")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    _atomic_write(path, write)
+
+
+def savefig(fig: matplotlib.figure.Figure, name: str, profile: str, dpi: int = 120) -> str:
+    """Save ``fig`` as ``<figures_dir(profile)>/<name>.png`` atomically; returns ``"<name>.png"``."""
+    _check_name(name)
+    path = figures_dir(profile) / f"{name}.png"
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+    return path.name
+
+
+def save_table(df: pd.DataFrame, name: str, profile: str, float_format: str = "{:.4f}") -> list[str]:
+    """Write ``df`` as ``<name>.md``, ``<name>.csv`` and ``<name>.tex`` atomically.
+
+    Floats are rounded by ``float_format`` in Markdown and LaTeX; the CSV keeps
+    full precision. Returns the three file names.
+    """
+    _check_name(name)
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"save_table needs a pandas DataFrame; got {type(df).__name__}")
+    out = figures_dir(profile)
+
+    def fmt(x):
+        return float_format.format(x) if isinstance(x, float) else x
+
+    shown = df.map(fmt)
+    texts = {
+        f"{name}.md": shown.to_markdown(disable_numparse=True) + "\n",
+        f"{name}.csv": df.to_csv(),
+        f"{name}.tex": shown.to_latex(),
+    }
+    for file_name, text in texts.items():
+        atomic_write_text(out / file_name, text)
+    return list(texts)

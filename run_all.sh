@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Regenerate every figure and table of the paper, or run the test suite.
+#
+#   ./run_all.sh                      bootstrap .venv if needed, run notebooks/NN_*.ipynb (cpu profile)
+#   ./run_all.sh --profile paper      the paper's model and data (CUDA + hub access)
+#   ./run_all.sh --only 03            run one notebook
+#   ./run_all.sh --test               bootstrap, then pytest tests/ and --nbval notebooks/ (smoke profile)
+#   ./run_all.sh --refresh            re-execute the notebooks in smoke and store their outputs in
+#                                     notebooks/ (what nbval compares against); the only way to refresh them
+#
+# Executed copies go to runs/<profile>/. A notebook's figures are staged in
+# runs/<profile>/staging/<notebook>/ and moved into figures/ (runs/smoke/figures/
+# for smoke) only when the notebook succeeds. The first failing notebook stops
+# the run with its name and a non-zero exit.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+PROFILE=cpu
+ONLY=""
+MODE=run
+NOTEBOOKS_DIR="${GPSLIB_NOTEBOOKS_DIR:-$ROOT/notebooks}"
+RUNS_DIR="${GPSLIB_RUNS_DIR:-$ROOT/runs}"
+PUBLISH_DIR="${GPSLIB_PUBLISH_DIR:-}"
+
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --profile) PROFILE="${2:-}"; shift 2 ;;
+    --profile=*) PROFILE="${1#*=}"; shift ;;
+    --only) ONLY="${2:-}"; shift 2 ;;
+    --only=*) ONLY="${1#*=}"; shift ;;
+    --test) MODE=test; shift ;;
+    --refresh) MODE=refresh; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run_all.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+  esac
+done
+case "$PROFILE" in
+  smoke|cpu|paper) ;;
+  *) echo "run_all.sh: unknown profile '$PROFILE' (valid: smoke, cpu, paper)" >&2; exit 2 ;;
+esac
+if [[ -n "$ONLY" && ! "$ONLY" =~ ^[0-9][0-9]$ ]]; then
+  echo "run_all.sh: --only takes a two-digit notebook number such as 03; got '$ONLY'" >&2; exit 2
+fi
+
+# ---------------------------------------------------------------- bootstrap
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+STAMP="$VENV/.gpslib-installed"
+
+find_python() {
+  for cand in "${PYTHON:-}" python3.11 python3; do
+    [[ -n "$cand" ]] || continue
+    if command -v "$cand" >/dev/null 2>&1 && \
+       "$cand" -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' 2>/dev/null; then
+      echo "$cand"; return 0
+    fi
+  done
+  echo "run_all.sh: Python 3.11 not found (tried \$PYTHON, python3.11, python3)" >&2
+  return 1
+}
+
+want_stamp() { sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1; }
+
+bootstrap() {
+  if [[ ! -x "$PY" ]]; then
+    local base; base="$(find_python)"
+    echo "==> creating $VENV with $base"
+    "$base" -m venv "$VENV"
+  fi
+  if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$(want_stamp)" ]]; then
+    echo "==> installing gpslib and its pinned dependencies into .venv (a few minutes, once)"
+    "$PY" -m pip install --quiet --upgrade pip
+    "$PY" -m pip install --quiet -e "$ROOT"
+    "$PY" -m ipykernel install --sys-prefix --name gpslib --display-name "Python (gpslib)" >/dev/null
+    want_stamp > "$STAMP"
+  fi
+}
+
+bootstrap
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
+export TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}"
+if [[ "$PROFILE" == paper ]]; then unset HF_HUB_OFFLINE HF_DATASETS_OFFLINE; fi
+export PYTHONHASHSEED=0 PYDEVD_DISABLE_FILE_VALIDATION=1
+
+# ---------------------------------------------------------------- tests
+if [[ "$MODE" == test ]]; then
+  export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+  set +e
+  "$PY" -m pytest tests "$NOTEBOOKS_DIR" --nbval --nbval-current-env \
+      --nbval-sanitize-with "$ROOT/tests/nbval_sanitize.cfg" --nbval-cell-timeout=900
+  rc=$?
+  set -e
+  if [[ $rc -eq 5 ]]; then
+    echo "run_all.sh: pytest collected no tests; that is a failure here" >&2
+    exit 1
+  fi
+  exit $rc
+fi
+
+# ---------------------------------------------------------------- notebooks
+if [[ "$MODE" == refresh ]]; then PROFILE=smoke; fi
+shopt -s nullglob
+notebooks=("$NOTEBOOKS_DIR"/[0-9][0-9]_*.ipynb)
+shopt -u nullglob
+if [[ -n "$ONLY" ]]; then
+  selected=()
+  for nb in "${notebooks[@]}"; do [[ "$(basename "$nb")" == "$ONLY"_* ]] && selected+=("$nb"); done
+  notebooks=("${selected[@]+"${selected[@]}"}")
+fi
+if [[ ${#notebooks[@]} -eq 0 ]]; then
+  echo "run_all.sh: no notebook matches ${ONLY:-NN}_*.ipynb in $NOTEBOOKS_DIR" >&2; exit 1
+fi
+
+if [[ -z "$PUBLISH_DIR" ]]; then
+  if [[ "$PROFILE" == smoke ]]; then PUBLISH_DIR="$RUNS_DIR/smoke/figures"; else PUBLISH_DIR="$ROOT/figures"; fi
+fi
+OUT_DIR="$RUNS_DIR/$PROFILE"
+mkdir -p "$OUT_DIR" "$PUBLISH_DIR"
+start_all=$SECONDS
+for nb in "${notebooks[@]}"; do
+  name="$(basename "$nb")"
+  stem="${name%.ipynb}"
+  staging="$OUT_DIR/staging/$stem"
+  rm -rf "$staging"; mkdir -p "$staging"
+  echo "==> $name (profile $PROFILE)"
+  start=$SECONDS
+  if ! GPSLIB_FIGURES_DIR="$staging" "$PY" -m papermill -k python3 --cwd "$NOTEBOOKS_DIR" \
+        -p profile "$PROFILE" --no-progress-bar "$nb" "$OUT_DIR/$name"; then
+    echo "run_all.sh: FAILED: $name (profile $PROFILE); executed copy with the error: $OUT_DIR/$name" >&2
+    echo "run_all.sh: files already in ${PUBLISH_DIR#"$ROOT"/}/ were left as they were" >&2
+    exit 1
+  fi
+  for f in "$staging"/* ; do [[ -e "$f" ]] && mv -f "$f" "$PUBLISH_DIR/"; done
+  rm -rf "$staging"
+  if [[ "$MODE" == refresh ]]; then
+    # smoke outputs, without the injected-parameters cell, become the committed reference
+    "$PY" - "$OUT_DIR/$name" "$nb" <<'PYEOF'
+import sys, nbformat
+src, dst = sys.argv[1], sys.argv[2]
+nb = nbformat.read(src, as_version=4)
+nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+for c in nb.cells:
+    c.metadata.pop("papermill", None)
+    c.metadata.pop("execution", None)
+nb.metadata.pop("papermill", None)
+nbformat.write(nb, dst)
+PYEOF
+    echo "    refreshed the stored smoke outputs of $name"
+  fi
+  echo "    done in $((SECONDS - start)) s"
+done
+echo "==> all ${#notebooks[@]} notebook(s) ran in $((SECONDS - start_all)) s; figures and tables in ${PUBLISH_DIR#"$ROOT"/}/"

@@ -1,0 +1,23 @@
+"""Properties of gpslib.paper: the paper's numbers, and the joins against them."""
+
+import pytest
+
+from gpslib import paper
+
+
+def test_rope_demo_table_puts_the_paper_column_beside_ours():
+    df = paper.rope_demo_table({"no_rope": 1.0, "adjacent": 2.0, "far": 3.0})
+    assert list(df.columns) == ["paper", "ours"]
+    assert df.loc["far", "paper"] == -1.7 and df.loc["far", "ours"] == 3.0
+
+
+def test_rope_demo_table_names_missing_cases():
+    with pytest.raises(ValueError, match="far"):
+        paper.rope_demo_table({"no_rope": 1.0, "adjacent": 2.0})
+
+
+def test_table2_has_ten_epochs_and_table3_six_metrics():
+    assert list(paper.table2().index) == list(range(1, 11))
+    assert paper.table2().loc[7, "val_loss"] == 1.2084
+    assert len(paper.table3()) == 6
+    assert paper.table3().loc["bleu", "cosine_0.1"] == 0.3030
