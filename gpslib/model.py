@@ -1,0 +1,174 @@
+"""The vision-language model: tiny TinyLLaVA configs, factories and one loader.
+
+Every model here is transformers' ``LlavaForConditionalGeneration`` with the
+real model's architecture (``bczhou/tiny-llava-v1-hf``): a CLIP vision tower
+read at ``vision_feature_layer=-2`` with the ``"default"`` strategy (CLS
+dropped), a 2-layer gelu projector, and a LLaMA decoder with grouped-query
+attention. Three sizes (:data:`SIZES`):
+
+* ``"embedded"``: pretrained here on ShapesVQA (64 px, patch 8 -> 64 image tokens);
+* ``"test"``: random weights, seconds per forward, for unit tests (16 image tokens);
+* ``"mirror"``: the real model's token ids and geometry (vocab 32064,
+  ``<image>`` 32000, ``<pad>`` 32001, 336 px, patch 14 -> 576 image tokens)
+  with tiny hidden sizes and random weights: the stand-in for the hub path.
+
+:func:`load_model` is the one entry point for a trained model: a hub id, a
+local directory, or :data:`EMBEDDED_NAME` (read from the cache, see
+:func:`embedded_cache_dir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gpslib.processor import build_image_processor, make_llava_processor, num_image_tokens, train_tokenizer
+
+__all__ = [
+    "SIZES",
+    "EMBEDDED_NAME",
+    "tiny_llava_config",
+    "build_processor",
+    "build_model",
+    "embedded_cache_dir",
+    "load_model",
+    "fix_processor",
+]
+
+EMBEDDED_NAME = "gpslib/embedded"
+
+# size -> geometry and widths. base_vocab: tokenizer pieces before <image>, <pad>;
+# the model's vocabulary is padded to a multiple of 64 as the real one (32002 -> 32064).
+SIZES: dict[str, dict[str, Any]] = {
+    "embedded": dict(image_size=64, patch_size=8, base_vocab=768,
+                     vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
+                     text=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                               num_key_value_heads=2, max_position_embeddings=512)),
+    "test": dict(image_size=32, patch_size=8, base_vocab=768,
+                 vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+                 text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=256)),
+    "mirror": dict(image_size=336, patch_size=14, base_vocab=32000,
+                   vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+                   text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=8,
+                             num_key_value_heads=1, max_position_embeddings=2048)),
+}
+
+
+def _spec(size: str) -> dict[str, Any]:
+    if size not in SIZES:
+        raise ValueError(f"unknown model size {size!r}; valid sizes are {list(SIZES)}")
+    return SIZES[size]
+
+
+def tiny_llava_config(size: str = "embedded"):
+    """A ``LlavaConfig`` of the real architecture at ``size`` (one of :data:`SIZES`).
+
+    ``image_token_index`` is the tokenizer's ``<image>`` id (``base_vocab``),
+    ``pad_token_id`` the next, bos 1, eos 2, ``image_seq_length`` the number
+    of image tokens, ``(image_size // patch_size) ** 2``.
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    s = _spec(size)
+    base = s["base_vocab"]
+    vision = CLIPVisionConfig(image_size=s["image_size"], patch_size=s["patch_size"], hidden_act="quick_gelu",
+                              projection_dim=s["vision"]["hidden_size"], **s["vision"])
+    text = LlamaConfig(vocab_size=-(-(base + 2) // 64) * 64, hidden_act="silu", rms_norm_eps=1e-5,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=base + 1, tie_word_embeddings=False,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **s["text"])
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=base,
+                       image_seq_length=num_image_tokens(s["image_size"], s["patch_size"]),
+                       projector_hidden_act="gelu", vision_feature_layer=-2,
+                       vision_feature_select_strategy="default", tie_word_embeddings=False)
+
+
+def build_processor(size: str = "embedded"):
+    """The ``LlavaProcessor`` of a size: trained tokenizer + CLIP image processor + ``<image>`` expansion."""
+    s = _spec(size)
+    tok = train_tokenizer(s["base_vocab"])
+    return make_llava_processor(tok, build_image_processor(s["image_size"]), s["patch_size"])
+
+
+def build_model(size: str = "embedded", seed: int = 0):
+    """A randomly initialised ``LlavaForConditionalGeneration`` of ``size``, seeded (fp32, eval mode)."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+
+    config = tiny_llava_config(size)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = LlavaForConditionalGeneration(config)
+    finally:
+        torch.random.set_rng_state(state)
+    model.generation_config.pad_token_id = config.text_config.pad_token_id
+    return model.eval()
+
+
+def embedded_cache_dir(seed: int = 0, root: str | os.PathLike | None = None) -> Path:
+    """Where the pretrained embedded model of ``seed`` lives: ``$GPSLIB_CACHE/embedded-<config hash>-seed<seed>``.
+
+    ``root`` defaults to the ``GPSLIB_CACHE`` environment variable, else
+    ``~/.cache/gpslib``. The hash covers :data:`SIZES` ``["embedded"]``, so a
+    changed architecture never reuses a stale model.
+    """
+    root = Path(root or os.environ.get("GPSLIB_CACHE") or Path.home() / ".cache" / "gpslib").expanduser()
+    digest = hashlib.sha256(json.dumps(SIZES["embedded"], sort_keys=True).encode()).hexdigest()[:10]
+    return root / f"embedded-{digest}-seed{seed}"
+
+
+def fix_processor(processor, config):
+    """Fill a loaded ``LlavaProcessor``'s missing image-token settings from the model config.
+
+    Hub processors saved before transformers 5.x (``bczhou/tiny-llava-v1-hf``)
+    lack ``patch_size`` and the strategy, and need
+    ``num_additional_image_tokens=1`` for CLIP's CLS. Raises ValueError if the
+    processor's ``<image>`` expansion still differs from the vision tower's count.
+    """
+    vc = config.vision_config
+    if processor.patch_size is None:
+        processor.patch_size = vc.patch_size
+        processor.num_additional_image_tokens = 1
+    if processor.vision_feature_select_strategy is None:
+        processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+    crop = processor.image_processor.crop_size or {"height": vc.image_size, "width": vc.image_size}
+    got = (crop["height"] // processor.patch_size) * (crop["width"] // processor.patch_size)
+    got += processor.num_additional_image_tokens - (processor.vision_feature_select_strategy == "default")
+    want = num_image_tokens(vc.image_size, vc.patch_size, 1, config.vision_feature_select_strategy)
+    if got != want:
+        raise ValueError(f"processor expands <image> to {got} tokens but the vision tower yields {want}")
+    return processor
+
+
+def load_model(name_or_path: str | os.PathLike, dtype=None, device=None, cache_dir=None, seed: int = 0):
+    """Load ``(model, processor)`` from a hub id, a local directory or :data:`EMBEDDED_NAME`.
+
+    ``dtype``: a torch dtype (default fp32); ``device``: where to move the
+    model; ``cache_dir``: the Hugging Face cache to read hub ids from;
+    ``seed``: which pretrained embedded model. The embedded model is read
+    from :func:`embedded_cache_dir`; when absent a FileNotFoundError says how
+    to build it. The processor is passed through :func:`fix_processor`.
+    The model is returned in eval mode.
+    """
+    import torch
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    source = str(name_or_path)
+    if source == EMBEDDED_NAME:
+        path = embedded_cache_dir(seed)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"the embedded base model (seed {seed}) is not in {path}; build it with "
+                f"`python -m gpslib.pretrain --seed {seed}` (GPSLIB_CACHE sets the cache root)")
+        source = str(path)
+    model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype or torch.float32, cache_dir=cache_dir)
+    processor = fix_processor(LlavaProcessor.from_pretrained(source, cache_dir=cache_dir), model.config)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    if device is not None:
+        model = model.to(device)
+    return model.eval(), processor
