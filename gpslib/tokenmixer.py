@@ -15,7 +15,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PLACEMENTS", "grouped_order"]
+__all__ = [
+    "PLACEMENTS",
+    "grouped_order",
+    "cosine_similarity_matrix",
+    "cosine_assignment",
+    "cosine_reorder",
+    "similarity_stats",
+    "cosine_reorder_loop",
+]
 
 PLACEMENTS = ("before", "after")
 
@@ -47,3 +55,133 @@ def grouped_order(assignment: torch.Tensor, n_text: int, placement: str = "befor
     text_key = (torch.arange(n_text, device=assignment.device) + 1) * stride + m  # (N,)
     keys = torch.cat([image_key, text_key.expand(*lead, n_text)], dim=-1)  # (..., M + N)
     return torch.argsort(keys, dim=-1, stable=True)
+
+
+def _check_threshold(threshold: float) -> None:
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [-1, 1] (a cosine similarity); got threshold={threshold}")
+
+
+def cosine_similarity_matrix(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """Cosine similarity of every image token with every text token.
+
+    image_embeds: (..., M, D); text_embeds: (..., N, D). Returns (..., M, N),
+    computed in float32 at least.
+    """
+    if image_embeds.shape[-1] != text_embeds.shape[-1]:
+        raise ValueError(
+            f"image and text embeddings must share their last dimension D; got "
+            f"D={image_embeds.shape[-1]} (image) and D={text_embeds.shape[-1]} (text)"
+        )
+    dtype = torch.promote_types(image_embeds.dtype, torch.float32)
+    img = torch.nn.functional.normalize(image_embeds.to(dtype), dim=-1, eps=eps)  # (..., M, D)
+    txt = torch.nn.functional.normalize(text_embeds.to(dtype), dim=-1, eps=eps)  # (..., N, D)
+    return img @ txt.transpose(-1, -2)  # (..., M, N)
+
+
+def cosine_assignment(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    threshold: float = 0.1,
+    text_mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1, lines 3-11: each image token's best text token, if it reaches ``threshold``.
+
+    image_embeds: (..., M, D); text_embeds: (..., N, D); text_mask: (..., N) bool,
+    True for real text tokens (padding never matches). Returns
+    ``(assignment, best)``: (..., M) long text index or -1 for unmatched, and
+    (..., M) the best similarity (-inf where there is no real text token). Ties
+    go to the lowest text index.
+    """
+    _check_threshold(threshold)
+    sim = cosine_similarity_matrix(image_embeds, text_embeds)  # (..., M, N)
+    if text_mask is not None:
+        if text_mask.shape != text_embeds.shape[:-1]:
+            raise ValueError(
+                f"text_mask must have shape {tuple(text_embeds.shape[:-1])}; got {tuple(text_mask.shape)}"
+            )
+        sim = sim.masked_fill(~text_mask.bool()[..., None, :], float("-inf"))
+    if sim.shape[-1] == 0:
+        best = sim.new_full(sim.shape[:-1], float("-inf"))
+        return torch.full(sim.shape[:-1], -1, dtype=torch.long, device=sim.device), best
+    best, index = sim.max(dim=-1)  # (..., M); max returns the first maximal index
+    return torch.where(best >= threshold, index, torch.full_like(index, -1)), best
+
+
+def cosine_reorder(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    threshold: float = 0.1,
+    placement: str = "before",
+    text_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """TokenMixer (Algorithm 1): gather indices into ``cat([image_embeds, text_embeds])``.
+
+    image_embeds: (M, D) or (B, M, D); text_embeds: (N, D) or (B, N, D);
+    text_mask: optional (B, N) / (N,) bool, True for real text tokens. Returns
+    order: (M + N,) or (B, M + N) long. An image token is matched when its best
+    cosine similarity over the real text tokens is >= ``threshold``; see
+    :func:`grouped_order` for the sequence built from the matches. Padded text
+    tokens keep their relative order among the text tokens and match nothing.
+    Vectorised: no Python loop over tokens or samples.
+    """
+    if image_embeds.ndim != text_embeds.ndim or image_embeds.ndim not in (2, 3):
+        raise ValueError(
+            f"image_embeds and text_embeds must both be (M, D) or both (B, M, D); got shapes "
+            f"{tuple(image_embeds.shape)} and {tuple(text_embeds.shape)}"
+        )
+    if image_embeds.ndim == 3 and image_embeds.shape[0] != text_embeds.shape[0]:
+        raise ValueError(
+            f"batch sizes differ: image_embeds has B={image_embeds.shape[0]}, text_embeds B={text_embeds.shape[0]}"
+        )
+    assignment, _ = cosine_assignment(image_embeds, text_embeds, threshold, text_mask)
+    return grouped_order(assignment, text_embeds.shape[-2], placement)
+
+
+def similarity_stats(
+    image_embeds: torch.Tensor,
+    text_embeds: torch.Tensor,
+    threshold: float = 0.1,
+    text_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor | float]:
+    """Statistics for the notebook: each image token's best similarity and the fraction moved.
+
+    Returns ``{"best": (..., M) best similarity per image token, "fraction_moved":
+    float, the fraction of image tokens whose best similarity reaches threshold}``.
+    """
+    assignment, best = cosine_assignment(image_embeds, text_embeds, threshold, text_mask)
+    return {"best": best, "fraction_moved": float((assignment >= 0).float().mean()) if assignment.numel() else 0.0}
+
+
+def cosine_reorder_loop(
+    image_embeds: torch.Tensor, text_embeds: torch.Tensor, threshold: float = 0.1, placement: str = "before"
+) -> torch.Tensor:
+    """Algorithm 1 written literally, one Python loop step per image token (the authors' style).
+
+    image_embeds: (M, D); text_embeds: (N, D). Returns (M + N,) like
+    :func:`cosine_reorder`. A reference for tests and ``benchmarks/bench_tokenmixer.py``;
+    use :func:`cosine_reorder` in real code.
+    """
+    _check_threshold(threshold)
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
+    m, n = image_embeds.shape[0], text_embeds.shape[0]
+    unmatched: list[int] = []
+    buckets: list[list[int]] = [[] for _ in range(n)]
+    for i in range(m):
+        sims = [
+            float(torch.nn.functional.cosine_similarity(image_embeds[i], text_embeds[j], dim=0, eps=1e-8))
+            for j in range(n)
+        ]
+        if not sims:
+            unmatched.append(i)
+            continue
+        best = max(range(n), key=lambda j: (sims[j], -j))
+        (unmatched if sims[best] < threshold else buckets[best]).append(i)
+    sequence = list(unmatched)
+    for j in range(n):
+        text = [m + j]
+        sequence += buckets[j] + text if placement == "before" else text + buckets[j]
+    return torch.tensor(sequence, dtype=torch.long)

@@ -42,3 +42,77 @@ def test_batched_order_equals_per_sample_orders():
 def test_bad_input_raises_value_error_naming_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         grouped_order(**kwargs)
+
+
+from gpslib.tokenmixer import (  # noqa: E402
+    cosine_assignment,
+    cosine_reorder,
+    cosine_reorder_loop,
+    similarity_stats,
+)
+
+
+def _embeds(seed, *shape):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("placement", ["before", "after"])
+@pytest.mark.parametrize("threshold", [-1.0, 0.0, 0.1, 0.3])
+def test_vectorised_reorder_equals_the_literal_algorithm(placement, threshold):
+    image, text = _embeds(0, 12, 8), _embeds(1, 5, 8)
+    expected = cosine_reorder_loop(image, text, threshold, placement)
+    assert torch.equal(cosine_reorder(image, text, threshold, placement), expected)
+
+
+def test_threshold_no_token_reaches_leaves_image_first_order():
+    image, text = _embeds(2, 6, 4), _embeds(3, 3, 4)
+    # a threshold above every similarity: nothing moves
+    best = similarity_stats(image, text)["best"].max().item()
+    order = cosine_reorder(image, text, threshold=min(1.0, best + 1e-3))
+    assert order.tolist() == list(range(9))
+
+
+def test_ties_go_to_the_lowest_text_index():
+    image = torch.tensor([[1.0, 0.0]])
+    text = torch.tensor([[0.0, 1.0], [2.0, 0.0], [3.0, 0.0]])  # text 1 and 2 tie at cosine 1
+    assignment, best = cosine_assignment(image, text, threshold=0.5)
+    assert assignment.tolist() == [1] and best.tolist() == [1.0]
+
+
+def test_batched_reorder_with_padding_equals_per_sample_reorder():
+    image, text = _embeds(4, 3, 10, 8), _embeds(5, 3, 6, 8)
+    lengths = [6, 4, 2]
+    mask = torch.arange(6)[None, :] < torch.tensor(lengths)[:, None]
+    batched = cosine_reorder(image, text, 0.05, text_mask=mask)
+    for b, n in enumerate(lengths):
+        alone = cosine_reorder(image[b], text[b, :n], 0.05)
+        real = batched[b][(batched[b] < 10 + n)]  # drop padded text positions
+        assert torch.equal(real, alone)
+
+
+def test_empty_text_leaves_every_image_token_unmatched():
+    image = _embeds(6, 4, 8)
+    order = cosine_reorder(image, torch.zeros(0, 8))
+    assert order.tolist() == [0, 1, 2, 3]
+    assert similarity_stats(image, torch.zeros(0, 8))["fraction_moved"] == 0.0
+
+
+def test_fraction_moved_counts_matched_image_tokens():
+    image = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])
+    text = torch.tensor([[1.0, 0.0]])
+    assert similarity_stats(image, text, threshold=0.5)["fraction_moved"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(2, 4)), "D=3"),
+        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(2, 3), threshold=1.5), "threshold=1.5"),
+        (lambda: cosine_reorder(torch.ones(2, 2, 3), torch.ones(3, 2, 3)), "B=2"),
+        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(1, 2, 3)), "both"),
+        (lambda: cosine_assignment(torch.ones(2, 3), torch.ones(2, 3), text_mask=torch.ones(3, dtype=torch.bool)), r"\(2,\)"),
+    ],
+)
+def test_bad_reorder_input_raises_value_error_naming_the_value(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

