@@ -1,0 +1,376 @@
+"""Sinkhorn normalisation, Gumbel noise and hard permutations (paper Section 3.2, Algorithm 2).
+
+Permutation convention (DESIGN.md, "One permutation convention"): an ``order`` is a
+LongTensor of gather indices, ``reordered[b, j] = tokens[b, order[b, j]]``; its
+permutation matrix has ``perm_matrix[b, j, order[b, j]] = 1``, so
+``reordered = perm_matrix @ tokens``.
+
+:func:`sinkhorn` is the log-domain iteration of Mena et al. (2018):
+``x <- x - logsumexp(x, dim=-1)`` (rows), then ``x <- x - logsumexp(x, dim=-2)``
+(columns), so the columns of the result sum to one up to rounding and the row error
+shrinks with the iterations. Nothing is clamped: it is finite for any finite input.
+Equivalently ``log P = log_alpha - r_t[:, None] - c_t[None, :]`` with cumulative
+normaliser vectors ``r_t``, ``c_t``; the memory-efficient backward stores only those.
+Inside each logsumexp the max-shifted exponent is floored at ``-80``
+(``exp(-80) < 2e-35``, below float32 and float64 resolution next to the max term,
+which is 1), which avoids the slow path of ``exp`` for very negative arguments at
+low ``tau``.
+
+The authors' probability-domain scheme is kept only as a comparison:
+:func:`sinkhorn_clamped_authors`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+__all__ = [
+    "EXP_FLOOR",
+    "gumbel_from_uniform",
+    "gumbel_noise",
+    "hard_permutation",
+    "is_permutation",
+    "order_to_perm_matrix",
+    "perm_matrix_to_order",
+    "row_error",
+    "sinkhorn",
+    "sinkhorn_clamped_authors",
+    "sinkhorn_matrix_reference",
+    "tau_schedule",
+]
+
+EXP_FLOOR = -80.0  # floor of the max-shifted exponent inside logsumexp
+
+
+# ----------------------------------------------------------------------------- helpers
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_square(x: torch.Tensor, name: str) -> None:
+    if x.dim() < 2 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"{name} must have shape (..., N, N); got {tuple(x.shape)}")
+
+
+def _lse(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """logsumexp over ``dim`` (keepdim), the shifted exponent floored at EXP_FLOOR; no autograd."""
+    m = x.amax(dim=dim, keepdim=True)
+    return (x - m).clamp_min_(EXP_FLOOR).exp_().sum(dim=dim, keepdim=True).log_().add_(m)
+
+
+def row_error(P: torch.Tensor) -> torch.Tensor:
+    """Max |row sum - 1| per matrix. P (..., N, N) -> (...,)."""
+    return (P.sum(dim=-1) - 1.0).abs().amax(dim=-1)
+
+
+def _apply_mask(log_alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Padded rows/columns become an identity block, real-to-padded entries -inf."""
+    if mask.dtype != torch.bool or mask.shape != log_alpha.shape[:-1]:
+        raise ValueError(
+            f"mask must be a bool tensor of shape {tuple(log_alpha.shape[:-1])}; "
+            f"got {mask.dtype} {tuple(mask.shape)}"
+        )
+    n = log_alpha.shape[-1]
+    eye = torch.eye(n, dtype=torch.bool, device=log_alpha.device)  # (N, N)
+    pair = mask[..., :, None] & mask[..., None, :]  # (..., N, N)
+    pad_diag = eye & ~mask[..., :, None]  # (..., N, N)
+    fill = torch.zeros((), dtype=log_alpha.dtype, device=log_alpha.device)
+    neg_inf = torch.full((), -math.inf, dtype=log_alpha.dtype, device=log_alpha.device)
+    return torch.where(pair, log_alpha, torch.where(pad_diag, fill, neg_inf))
+
+
+# ----------------------------------------------------------------------------- Sinkhorn
+class _LogSumExp(torch.autograd.Function):
+    """Floored logsumexp over ``dim`` (keepdim) saving only its input and output."""
+
+    @staticmethod
+    def forward(ctx, x, dim):  # x (..., N, N) -> (..., N, 1) or (..., 1, N)
+        out = _lse(x, dim)
+        ctx.save_for_backward(x, out)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out):
+        x, out = ctx.saved_tensors
+        return (x - out).clamp_min_(EXP_FLOOR).exp_().mul_(g_out), None  # softmax * g
+
+
+def _iterate(la, n_iters, tol, check_every, grad):
+    """The matrix-form loop ``x -= lse_rows(x); x -= lse_cols(x)``.
+
+    la (..., N, N) -> (log P (..., N, N), cumulative row / column normalisers as lists of
+    (..., N) float64 tensors (empty when ``grad``), last row error or None). With
+    ``grad`` every step is an autograd node saving its N x N input (the unrolled mode).
+    """
+    x = la if grad else la.detach().clone()
+    r_cum = torch.zeros(la.shape[:-1], dtype=torch.float64, device=la.device)  # (..., N)
+    c_cum = torch.zeros_like(r_cum)
+    rs, cs, err = [], [], None
+    for it in range(1, n_iters + 1):
+        for dim in (-1, -2):
+            lse = _LogSumExp.apply(x, dim) if grad else _lse(x, dim)
+            x = x - lse if grad else x.sub_(lse)
+            if not grad and dim == -1:
+                r_cum = r_cum + lse.squeeze(-1)
+                rs.append(r_cum)
+            elif not grad:
+                c_cum = c_cum + lse.squeeze(-2)
+                cs.append(c_cum)
+        if tol is not None and (it % check_every == 0 or it == n_iters):
+            err = float(row_error(x.detach().exp()).max())
+            if err < tol:
+                break
+    return x, rs, cs, err
+
+
+class _SinkhornMemoryEfficient(torch.autograd.Function):
+    """log P from log_alpha, saving only the per-iteration normaliser vectors (O(T N))."""
+
+    @staticmethod
+    def forward(ctx, log_alpha, n_iters, tol, check_every, info):  # log_alpha (..., N, N)
+        log_p, rs, cs, info["err"] = _iterate(log_alpha, n_iters, tol, check_every, grad=False)
+        ctx.save_for_backward(log_alpha, torch.stack(rs), torch.stack(cs))  # (T, ..., N)
+        return log_p
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_log_p):  # g_log_p (..., N, N)
+        log_alpha, rs, cs = ctx.saved_tensors
+        rs, cs = rs.to(log_alpha.dtype), cs.to(log_alpha.dtype)
+        grad = g_log_p.clone()  # d/d log_alpha of log P = log_alpha - r_T - c_T
+        g_r = -g_log_p.sum(dim=-1)  # (..., N) gradient w.r.t. r_T
+        g_c = -g_log_p.sum(dim=-2)  # (..., N) gradient w.r.t. c_T
+        for t in range(rs.shape[0] - 1, -1, -1):
+            # c_t = lse_i(log_alpha - r_t): weights are the column-normalised matrix
+            w = (log_alpha - rs[t].unsqueeze(-1) - cs[t].unsqueeze(-2)).clamp_min_(EXP_FLOOR).exp_()
+            grad.addcmul_(w, g_c.unsqueeze(-2))
+            g_r = g_r - (w * g_c.unsqueeze(-2)).sum(dim=-1)
+            # r_t = lse_j(log_alpha - c_{t-1}): weights are the row-normalised matrix
+            c_prev = cs[t - 1] if t > 0 else torch.zeros_like(cs[0])
+            w = (log_alpha - rs[t].unsqueeze(-1) - c_prev.unsqueeze(-2)).clamp_min_(EXP_FLOOR).exp_()
+            grad.addcmul_(w, g_r.unsqueeze(-1))
+            g_c = -(w * g_r.unsqueeze(-1)).sum(dim=-2)
+            g_r = torch.zeros_like(g_r)
+        return grad, None, None, None, None
+
+
+def sinkhorn(
+    log_alpha: torch.Tensor,
+    n_iters: int = 50,
+    tol: float | None = None,
+    check_every: int = 10,
+    mask: torch.Tensor | None = None,
+    return_log: bool = False,
+    memory_efficient: bool = False,
+) -> torch.Tensor:
+    """Log-domain Sinkhorn operator S(log_alpha) (Mena et al. 2018; Algorithm 2, line 11).
+
+    Args:
+        log_alpha: (..., N, N) scores, typically ``(S + G) / tau``. Half precision is
+            upcast to float32; float64 stays float64.
+        n_iters: maximum number of (row, column) iterations, >= 1.
+        tol: if given, the row error (max |row sum - 1|) is checked every ``check_every``
+            iterations and the loop stops below ``tol``; a warning is issued when
+            ``n_iters`` ends first. ``None`` runs exactly ``n_iters`` with no host syncs.
+        check_every: iterations between convergence checks (only with ``tol``).
+        mask: optional (..., N) bool, True = real token. Padded positions map to
+            themselves (identity block) and never mix with real ones.
+        return_log: return ``log P`` instead of ``P``.
+        memory_efficient: one custom autograd function for the whole loop that stores
+            only the 2 * n_iters cumulative normaliser vectors (..., N) and recomputes
+            the N x N weights in backward (O(n_iters * N) memory). The default backprops
+            through the unrolled loop and keeps one N x N tensor per half-step.
+
+    Returns:
+        P (..., N, N) (or log P) in float32/float64; columns sum to one after the last
+        step, rows within the row error.
+    """
+    if not isinstance(log_alpha, torch.Tensor):
+        raise ValueError(f"log_alpha must be a torch.Tensor; got {type(log_alpha).__name__}")
+    _check_square(log_alpha, "log_alpha")
+    if not isinstance(n_iters, int) or n_iters < 1:
+        raise ValueError(f"n_iters must be an int >= 1; got {n_iters!r}")
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be > 0 or None; got {tol!r}")
+    if not isinstance(check_every, int) or check_every < 1:
+        raise ValueError(f"check_every must be an int >= 1; got {check_every!r}")
+    la = log_alpha.to(_compute_dtype(log_alpha))
+    if mask is not None:
+        la = _apply_mask(la, mask)
+
+    grad = la.requires_grad and torch.is_grad_enabled()
+    if grad and memory_efficient:
+        info: dict = {}
+        log_p = _SinkhornMemoryEfficient.apply(la, n_iters, tol, check_every, info)
+        err = info["err"]
+    else:
+        log_p, _, _, err = _iterate(la, n_iters, tol, check_every, grad)
+    if tol is not None and err >= tol:
+        warnings.warn(
+            f"sinkhorn did not converge: row error {err:.3g} >= tol={tol} after "
+            f"n_iters={n_iters} iterations (lower tau needs more iterations)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return log_p if return_log else log_p.exp()
+
+
+def sinkhorn_matrix_reference(log_alpha: torch.Tensor, n_iters: int = 50) -> torch.Tensor:
+    """Textbook matrix loop ``X -= logsumexp(X, -1); X -= logsumexp(X, -2)``; (..., N, N) -> P."""
+    x = log_alpha.to(_compute_dtype(log_alpha))
+    for _ in range(n_iters):
+        x = x - torch.logsumexp(x, dim=-1, keepdim=True)
+        x = x - torch.logsumexp(x, dim=-2, keepdim=True)
+    return x.exp()
+
+
+def sinkhorn_clamped_authors(
+    log_alpha: torch.Tensor,
+    n_iters: int = 50,
+    clamp_range: tuple[float, float] = (-15.0, 15.0),
+    tol: float = 1e-6,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """The authors' scheme, for comparison only: clamp, exp, probability-domain loop.
+
+    log_alpha (..., N, N) -> P (..., N, N). Clamps ``log_alpha`` to ``clamp_range``,
+    then alternates row / column division (``+ eps``) and stops as soon as no entry
+    moved by ``tol`` in one iteration (a host sync per iteration).
+    """
+    _check_square(log_alpha, "log_alpha")
+    alpha = torch.clamp(log_alpha.to(_compute_dtype(log_alpha)), *clamp_range).exp()
+    for _ in range(n_iters):
+        prev = alpha
+        alpha = alpha / (alpha.sum(dim=-1, keepdim=True) + eps)
+        alpha = alpha / (alpha.sum(dim=-2, keepdim=True) + eps)
+        if torch.all(torch.abs(alpha - prev) < tol):
+            break
+    return alpha
+
+
+# ----------------------------------------------------------------------------- Gumbel
+def gumbel_from_uniform(u: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``-log(-log U) * scale`` with U clamped into the open interval; (...) -> (...), finite."""
+    dt = _compute_dtype(u)
+    u = u.to(dt)
+    fi = torch.finfo(dt)
+    u = u.clamp(fi.tiny, 1.0 - fi.eps / 2)  # largest float below 1 is 1 - eps/2
+    return -torch.log(-torch.log(u)) * scale
+
+
+def gumbel_noise(
+    shape: tuple[int, ...] | torch.Size,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Standard Gumbel samples of ``shape`` times ``scale`` (0 = deterministic zeros).
+
+    Sampled in float32 (float64 if asked), then cast to ``dtype``; finite by construction.
+    """
+    if not scale >= 0:
+        raise ValueError(f"scale must be >= 0; got {scale!r}")
+    sample_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    if scale == 0:
+        return torch.zeros(shape, device=device, dtype=dtype)
+    u = torch.rand(shape, generator=generator, device=device, dtype=sample_dtype)
+    return gumbel_from_uniform(u, scale).to(dtype)
+
+
+# ----------------------------------------------------------------------------- permutations
+def order_to_perm_matrix(order: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """order (..., N) gather indices -> perm_matrix (..., N, N) with P[..., j, order[j]] = 1."""
+    n = order.shape[-1]
+    return torch.nn.functional.one_hot(order.long(), n).to(dtype)
+
+
+def perm_matrix_to_order(perm_matrix: torch.Tensor) -> torch.Tensor:
+    """perm_matrix (..., N, N) -> order (..., N): the column of each row's 1 (row argmax)."""
+    _check_square(perm_matrix, "perm_matrix")
+    return perm_matrix.argmax(dim=-1)
+
+
+def is_permutation(perm_matrix: torch.Tensor) -> torch.Tensor:
+    """(..., N, N) -> bool (...,): entries exactly 0/1 and every row and column sums to 1."""
+    _check_square(perm_matrix, "perm_matrix")
+    p = perm_matrix.detach()
+    binary = ((p == 0) | (p == 1)).flatten(-2).all(dim=-1)
+    rows = (p.sum(dim=-1) == 1).all(dim=-1)
+    cols = (p.sum(dim=-2) == 1).all(dim=-1)
+    return binary & rows & cols
+
+
+def _hungarian_orders(P: torch.Tensor) -> torch.Tensor:
+    """MAP orders maximising sum_j log P[j, order[j]]; P (M, N, N) -> order (M, N)."""
+    tiny = torch.finfo(torch.float64).tiny
+    log_p = P.detach().to("cpu", torch.float64).clamp_min(tiny).log().numpy()
+    orders = np.empty(log_p.shape[:2], dtype=np.int64)
+    for m in range(log_p.shape[0]):
+        rows, cols = linear_sum_assignment(log_p[m], maximize=True)
+        orders[m, rows] = cols
+    return torch.from_numpy(orders).to(P.device)
+
+
+def hard_permutation(
+    P: torch.Tensor, method: str = "hungarian", return_valid: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Hard permutation with a straight-through gradient: ``P_hard + (P - P.detach())``.
+
+    Args:
+        P: (..., N, N) soft permutation.
+        method: ``"hungarian"`` (scipy ``linear_sum_assignment`` maximising log P; always
+            a permutation, the optimal one), ``"argmax"`` (the authors' row argmax; may
+            repeat columns) or ``"auto"`` (argmax, Hungarian only where argmax fails).
+        return_valid: also return a bool (...,) tensor telling which results are
+            permutations (always True for ``"hungarian"`` and ``"auto"``).
+
+    Returns:
+        P_hard (..., N, N) with forward values exactly 0/1 and the gradient of P;
+        with ``return_valid``, the tuple (P_hard, valid).
+    """
+    _check_square(P, "P")
+    if method not in ("hungarian", "argmax", "auto"):
+        raise ValueError(f"method must be 'hungarian', 'argmax' or 'auto'; got {method!r}")
+    n = P.shape[-1]
+    flat = P.detach().reshape(-1, n, n)  # (M, N, N)
+    if method == "hungarian":
+        order = _hungarian_orders(flat)  # (M, N)
+    else:
+        order = flat.argmax(dim=-1)  # (M, N)
+        counts = torch.zeros_like(order).scatter_add_(1, order, torch.ones_like(order))
+        ok = (counts == 1).all(dim=-1)  # (M,)
+        if method == "auto" and not bool(ok.all()):
+            bad = (~ok).nonzero().squeeze(-1)
+            order[bad] = _hungarian_orders(flat[bad])
+            ok = torch.ones_like(ok)
+    valid = (torch.ones(flat.shape[0], dtype=torch.bool, device=P.device)
+             if method == "hungarian" else ok)
+    p_hard = order_to_perm_matrix(order, P.dtype).reshape(P.shape)  # (..., N, N)
+    out = p_hard + (P - P.detach())
+    if return_valid:
+        return out, valid.reshape(P.shape[:-2])
+    return out
+
+
+# ----------------------------------------------------------------------------- schedule
+def tau_schedule(step: int, total_steps: int, tau_start: float = 2.0, tau_end: float = 0.1) -> float:
+    """The paper's cosine temperature (Section 3.2): tau_end + (tau_start - tau_end)(1 + cos(pi s/S))/2.
+
+    Returns ``tau_end`` for ``step >= total_steps``.
+    """
+    if not isinstance(total_steps, int) or total_steps < 1:
+        raise ValueError(f"total_steps must be an int >= 1; got {total_steps!r}")
+    if step < 0:
+        raise ValueError(f"step must be >= 0; got {step!r}")
+    if not (tau_start > 0 and tau_end > 0):
+        raise ValueError(f"tau_start and tau_end must be > 0; got tau_start={tau_start!r}, tau_end={tau_end!r}")
+    if step >= total_steps:
+        return float(tau_end)
+    return float(tau_end + 0.5 * (tau_start - tau_end) * (1.0 + math.cos(math.pi * step / total_steps)))

@@ -1,0 +1,96 @@
+"""Properties of gpslib.gps.GumbelPermutationSinkformer (Algorithm 2)."""
+
+import pytest
+import torch
+
+from gpslib.gps import GumbelPermutationSinkformer
+from gpslib.sinkhorn import is_permutation
+
+torch.set_num_threads(1)
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return GumbelPermutationSinkformer(dim=8, num_layers=3, ffn_dim=16, sinkhorn_iters=10, **kw)
+
+
+def _tokens(b=2, n=6, d=8, seed=1):
+    return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+@pytest.mark.parametrize("hard", [False, True])
+def test_every_parameter_receives_a_gradient(memory_efficient, hard):
+    model = _model(memory_efficient=memory_efficient)
+    P = model(_tokens(), tau=0.5, hard=hard)
+    (P * torch.randn(P.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert missing == []
+
+
+def test_output_is_doubly_stochastic_with_shape_b_n_n():
+    P = _model()(_tokens(), tau=1.0)
+    assert P.shape == (2, 6, 6)
+    torch.testing.assert_close(P.sum(-2), torch.ones(2, 6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(P.sum(-1), torch.ones(2, 6), atol=1e-3, rtol=0)
+
+
+def test_inference_path_is_a_deterministic_permutation():
+    model = _model().eval()
+    x = _tokens()
+    a = model(x, tau=0.1, hard=True, noise=False)
+    b = model(x, tau=0.1, hard=True, noise=False)
+    assert is_permutation(a).all() and torch.equal(a, b)
+
+
+def test_noise_is_seeded_through_the_generator():
+    model, x = _model(), _tokens()
+    a = model(x, generator=torch.Generator().manual_seed(3))
+    b = model(x, generator=torch.Generator().manual_seed(3))
+    c = model(x, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_masked_positions_stay_fixed():
+    model = _model()
+    mask = torch.tensor([[True, True, True, True, False, False], [True] * 6])
+    P = model(_tokens(), tau=0.2, mask=mask).detach()
+    torch.testing.assert_close(P[0, 4:, 4:], torch.eye(2), atol=0, rtol=0)
+    assert float(P[0, :4, 4:].abs().max()) == 0.0 and float(P[0, 4:, :4].abs().max()) == 0.0
+    hard = model(_tokens(), tau=0.2, mask=mask, hard=True, noise=False)
+    assert is_permutation(hard).all()
+    torch.testing.assert_close(hard[0, 4:, 4:], torch.eye(2), atol=0, rtol=0)
+
+
+def test_padded_tokens_do_not_change_the_real_block():
+    model, x = _model(), _tokens(b=1, n=6)
+    mask = torch.tensor([[True] * 4 + [False] * 2])
+    full = model(x, tau=0.3, mask=mask, noise=False)
+    x2 = x.clone()
+    x2[:, 4:] = 100.0
+    torch.testing.assert_close(model(x2, tau=0.3, mask=mask, noise=False), full, atol=1e-6, rtol=0)
+    torch.testing.assert_close(full[:, :4, :4], model(x[:, :4], tau=0.3, noise=False), atol=1e-5, rtol=0)
+
+
+def test_authors_sinkhorn_switch_runs_and_rejects_mask():
+    model = _model(sinkhorn_impl="authors")
+    assert model(_tokens(), tau=0.5).shape == (2, 6, 6)
+    with pytest.raises(ValueError, match="mask"):
+        model(_tokens(), mask=torch.ones(2, 6, dtype=torch.bool))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"num_layers": 0}, "num_layers.*0"), ({"sinkhorn_impl": "x"}, "'x'"), ({"noise_scale": -1.0}, "-1")],
+)
+def test_bad_constructor_arguments_raise_value_error_naming_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GumbelPermutationSinkformer(dim=8, **kwargs)
+
+
+def test_bad_forward_arguments_raise_value_error_naming_the_value():
+    model = _model()
+    with pytest.raises(ValueError, match="tau.*0"):
+        model(_tokens(), tau=0.0)
+    with pytest.raises(ValueError, match=r"\(2, 6, 5\)"):
+        model(torch.zeros(2, 6, 5))

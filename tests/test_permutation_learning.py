@@ -1,0 +1,105 @@
+"""Properties of gpslib.permutation_learning (paper Section 4.5, Figure 5) and its profile."""
+
+import math
+
+import pytest
+import torch
+
+from gpslib.permutation_learning import (
+    make_batch,
+    permutation_accuracy,
+    permutation_loss,
+    run_all_experiments,
+    run_permutation_learning,
+)
+from gpslib.profiles import profile_settings
+from gpslib.sinkhorn import order_to_perm_matrix
+
+torch.set_num_threads(1)
+
+TINY = {"n_tokens": 6, "dim": 16, "ffn_dim": 32, "num_layers": 2, "sinkhorn_iters": 10, "progress": False}
+COLUMNS = ["step", "loss", "tau", "accuracy", "valid_fraction", "row_error", "eval_accuracy", "eval_exact"]
+
+
+def test_history_has_the_documented_columns_and_one_row_per_step():
+    df = run_permutation_learning(steps=5, **TINY)
+    assert list(df.columns) == COLUMNS
+    assert df.step.tolist() == list(range(5))
+    assert df.tau.iloc[0] == pytest.approx(2.0) and df.tau.is_monotonic_decreasing
+    assert df.eval_accuracy.notna().tolist() == [False] * 4 + [True]
+    assert df[COLUMNS[:6]].notna().all().all()
+
+
+def test_fixed_batch_is_memorised():
+    df = run_permutation_learning(steps=60, lr=1e-2, seed=0, **TINY)
+    assert df.accuracy.iloc[-1] == 1.0
+    assert df.attrs["final_eval_exact"] == 1.0
+
+
+def test_seeded_runs_are_identical():
+    a = run_permutation_learning(steps=4, seed=3, **TINY)
+    b = run_permutation_learning(steps=4, seed=3, **TINY)
+    assert a.equals(b)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"sinkhorn_impl": "authors", "hard_method": "argmax"}, {"ce_weight": 0.0, "entropy_weight": 0.0},
+     {"noise": False}, {"memory_efficient": True}],
+)
+def test_switches_run_and_give_finite_losses(overrides):
+    df = run_permutation_learning(steps=4, hard_after=0.25, **{**TINY, **overrides})
+    assert df.loss.map(math.isfinite).all()
+
+
+@pytest.mark.parametrize("task", ["fixed_perm_fresh_tokens", "sort"])
+def test_generalisation_tasks_report_held_out_metrics(task):
+    df = run_permutation_learning(steps=3, task=task, n_eval=8, **TINY)
+    assert 0.0 <= df.attrs["final_eval_accuracy"] <= 1.0
+    assert 0.0 <= df.attrs["final_eval_exact"] <= df.attrs["final_eval_accuracy"]
+
+
+def test_sort_targets_sort_the_hidden_scalar_and_fixed_perm_targets_are_shared():
+    g = torch.Generator().manual_seed(0)
+    tokens, order = make_batch("sort", 3, 7, 16, g)
+    assert tokens.shape == (3, 7, 16)
+    assert torch.equal(order.sort(-1).values, torch.arange(7).expand(3, 7))  # permutations
+    fixed = torch.randperm(7, generator=g)
+    _, order = make_batch("fixed_perm_fresh_tokens", 3, 7, 16, g, fixed)
+    assert torch.equal(order, fixed.expand(3, 7))
+
+
+def test_loss_is_minimal_at_the_target_and_terms_switch_off():
+    order = torch.tensor([[2, 0, 1]])
+    target = order_to_perm_matrix(order)
+    assert float(permutation_loss(target, target)) == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.full((1, 3, 3), 1 / 3)
+    assert float(permutation_loss(uniform, target, ce_weight=0, entropy_weight=0)) == pytest.approx(
+        float(((uniform - target) ** 2).mean()), rel=1e-6
+    )
+    assert float(permutation_loss(uniform, target, 0, 1, 0)) == pytest.approx(math.log(3), rel=1e-6)
+    assert permutation_accuracy(target, order) == (1.0, 1.0, 1.0)
+
+
+def test_bad_task_and_steps_raise_value_error_naming_the_value():
+    with pytest.raises(ValueError, match="'nope'"):
+        run_permutation_learning(task="nope", **TINY)
+    with pytest.raises(ValueError, match="steps.*0"):
+        run_permutation_learning(steps=0, **TINY)
+
+
+def test_gps_profiles_exist_and_paper_has_the_paper_settings():
+    paper = profile_settings("gps", "paper")
+    assert (paper["n_tokens"], paper["dim"], paper["ffn_dim"], paper["steps"], paper["batch_size"]) == (
+        800, 2048, 8192, 1000, 4)
+    assert paper["lr"] == 1e-4 and paper["num_layers"] == 4 and paper["sinkhorn_iters"] == 50
+    for name in ("smoke", "cpu"):
+        assert set(profile_settings("gps", name)) == set(paper)
+
+
+def test_smoke_profile_runs_every_experiment():
+    s = profile_settings("gps", "smoke")
+    s.update(steps=2, gen_steps=2, sort_n_tokens=[5])
+    out = run_all_experiments(s, progress=False)
+    assert set(out) == {"ours", "authors_clamped_sinkhorn", "ce_only", "mse_only", "no_noise",
+                        "fixed_perm_fresh_tokens", "sort_n5"}

@@ -1,0 +1,239 @@
+"""Properties of gpslib.sinkhorn: Sinkhorn operator, Gumbel noise, hard permutations, tau."""
+
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+
+from gpslib.sinkhorn import (
+    gumbel_from_uniform,
+    gumbel_noise,
+    hard_permutation,
+    is_permutation,
+    order_to_perm_matrix,
+    perm_matrix_to_order,
+    row_error,
+    sinkhorn,
+    sinkhorn_clamped_authors,
+    sinkhorn_matrix_reference,
+    tau_schedule,
+)
+
+torch.set_num_threads(1)
+
+
+def _scores(*shape, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=dtype)
+
+
+def test_columns_sum_to_one_after_last_step():
+    P = sinkhorn(_scores(3, 6, 6) / 0.3, n_iters=5)
+    torch.testing.assert_close(P.sum(-2), torch.ones(3, 6, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_row_error_shrinks_with_iterations():
+    la = _scores(2, 8, 8) / 0.5
+    errs = [float(row_error(sinkhorn(la, n_iters=t)).max()) for t in (1, 5, 20, 100)]
+    assert errs[0] > errs[1] > errs[2] > errs[3]
+    assert errs[3] < 1e-10
+
+
+def test_invariant_to_adding_a_constant_to_a_row_or_column():
+    la = _scores(1, 6, 6)
+    shifted = la.clone()
+    shifted[0, 2, :] += 7.5
+    shifted[0, :, 4] -= 3.0
+    torch.testing.assert_close(sinkhorn(shifted, 30), sinkhorn(la, 30), atol=1e-12, rtol=0)
+
+
+def test_permutation_equivariance():
+    la = _scores(1, 7, 7)
+    g = torch.Generator().manual_seed(1)
+    pr, pc = torch.randperm(7, generator=g), torch.randperm(7, generator=g)
+    out = sinkhorn(la[:, pr][:, :, pc], 20)
+    torch.testing.assert_close(out, sinkhorn(la, 20)[:, pr][:, :, pc], atol=1e-12, rtol=0)
+
+
+def test_rank_one_input_gives_exactly_one_over_n():
+    a, b = _scores(5, 1, seed=2), _scores(1, 5, seed=3)
+    P = sinkhorn((a + b)[None] * 4.0, n_iters=1)
+    torch.testing.assert_close(P, torch.full_like(P, 1 / 5), atol=1e-14, rtol=0)
+
+
+def test_high_tau_gives_uniform():
+    P = sinkhorn(_scores(2, 6, 6) / 1e4, n_iters=3)
+    torch.testing.assert_close(P, torch.full_like(P, 1 / 6), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("n", [3, 5, 7])
+def test_low_tau_with_margin_gives_the_brute_force_matching(n):
+    g = torch.Generator().manual_seed(n)
+    target = torch.randperm(n, generator=g)
+    scores = torch.rand(n, n, generator=g, dtype=torch.float64)
+    scores[torch.arange(n), target] += 1.0  # margin
+    best = max(itertools.permutations(range(n)), key=lambda p: sum(scores[i, p[i]] for i in range(n)))
+    P = sinkhorn(scores[None] / 0.05, n_iters=500)[0]
+    assert torch.equal(P.argmax(-1), torch.tensor(best))
+    assert float((P - order_to_perm_matrix(torch.tensor(best), P.dtype)).abs().max()) < 1e-3
+
+
+def test_matches_the_matrix_logsumexp_loop():
+    la = _scores(2, 16, 16, dtype=torch.float32) / 0.1
+    torch.testing.assert_close(sinkhorn(la, 50), sinkhorn_matrix_reference(la, 50), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_gradcheck_float64(memory_efficient):
+    la = _scores(2, 5, 5).requires_grad_()
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    for m in (None, mask):
+        assert torch.autograd.gradcheck(
+            lambda x: sinkhorn(x / 0.7, n_iters=6, mask=m, memory_efficient=memory_efficient), (la,)
+        )
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_gradient_matches_autograd_through_the_matrix_loop(memory_efficient):
+    la = _scores(2, 7, 7) / 0.3
+    w = _scores(2, 7, 7, seed=4)
+    grads = []
+    for fn in (lambda x: sinkhorn(x, 20, memory_efficient=memory_efficient),
+               lambda x: sinkhorn_matrix_reference(x, 20)):
+        x = la.clone().requires_grad_()
+        (fn(x) * w).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-8)
+
+
+def test_memory_efficient_gradient_matches_default():
+    la = _scores(2, 12, 12, dtype=torch.float32) / 0.2
+    w = _scores(2, 12, 12, seed=5, dtype=torch.float32)
+    grads = []
+    for me in (False, True):
+        x = la.clone().requires_grad_()
+        (sinkhorn(x, 30, memory_efficient=me) * w).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
+
+
+def test_masked_positions_stay_fixed():
+    la = _scores(2, 6, 6) / 0.1
+    mask = torch.tensor([[True, True, True, True, False, False], [True, False, True, True, True, False]])
+    P = sinkhorn(la, 40, mask=mask)
+    for b in range(2):
+        pad = (~mask[b]).nonzero().squeeze(-1)
+        real = mask[b].nonzero().squeeze(-1)
+        torch.testing.assert_close(P[b][pad][:, pad], torch.eye(len(pad), dtype=P.dtype), atol=0, rtol=0)
+        assert float(P[b][real][:, pad].abs().max()) == 0.0
+        assert float(P[b][pad][:, real].abs().max()) == 0.0
+        torch.testing.assert_close(P[b][real][:, real].sum(-2), torch.ones(len(real), dtype=P.dtype))
+
+
+def test_finite_for_extreme_finite_input_and_half_is_upcast():
+    la = _scores(2, 8, 8) * 1e6
+    assert torch.isfinite(sinkhorn(la, 50)).all()
+    P = sinkhorn(_scores(1, 8, 8).half(), 20)
+    assert P.dtype == torch.float32 and torch.isfinite(P).all()
+
+
+def test_tol_stops_early_and_warns_when_n_iters_ends_first():
+    la = _scores(1, 8, 8) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sinkhorn(la, n_iters=200, tol=1e-8, check_every=5)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        sinkhorn(_scores(1, 8, 8) / 0.01, n_iters=3, tol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"log_alpha": torch.zeros(3, 4)}, r"\(3, 4\)"),
+        ({"log_alpha": torch.zeros(4, 4), "n_iters": 0}, "n_iters.*0"),
+        ({"log_alpha": torch.zeros(4, 4), "tol": -1.0}, "tol.*-1"),
+    ],
+)
+def test_bad_sinkhorn_arguments_raise_value_error_naming_the_value(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sinkhorn(**kwargs)
+
+
+def test_authors_clamp_leaves_p_near_uniform_at_low_tau():
+    la = _scores(1, 64, 64, dtype=torch.float32) / 0.01
+    P = sinkhorn_clamped_authors(la)
+    ours = sinkhorn(la, 50)
+    assert float((la.abs() > 15).float().mean()) > 0.8  # the clamp saturates most entries
+    assert float(ours.amax(-1).mean()) > float(P.amax(-1).mean())
+
+
+def test_gumbel_is_finite_at_forced_u_zero_and_one():
+    for dtype in (torch.float32, torch.float64):
+        g = gumbel_from_uniform(torch.tensor([0.0, 1.0, 0.5], dtype=dtype))
+        assert torch.isfinite(g).all()
+        assert math.isclose(float(g[2]), -math.log(math.log(2.0)), rel_tol=1e-6)
+
+
+def test_gumbel_noise_is_seeded_scaled_and_zero_at_scale_zero():
+    a = gumbel_noise((500,), generator=torch.Generator().manual_seed(0))
+    b = gumbel_noise((500,), generator=torch.Generator().manual_seed(0), scale=0.5)
+    torch.testing.assert_close(b, 0.5 * a)
+    assert abs(float(a.mean()) - 0.5772) < 0.15  # Euler-Mascheroni
+    assert torch.equal(gumbel_noise((3, 3), scale=0.0), torch.zeros(3, 3))
+    assert gumbel_noise((4,), dtype=torch.float16).dtype == torch.float16
+    with pytest.raises(ValueError, match="-1"):
+        gumbel_noise((2,), scale=-1.0)
+
+
+@pytest.mark.parametrize("method", ["hungarian", "argmax", "auto"])
+def test_hard_output_is_a_permutation_and_passes_the_soft_gradient(method):
+    la = (_scores(3, 6, 6, dtype=torch.float32) / 0.05).requires_grad_()
+    P = sinkhorn(la, 200)
+    hard, valid = hard_permutation(P, method=method, return_valid=True)
+    assert set(hard.detach().unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(is_permutation(hard), valid)
+    if method != "argmax":
+        assert valid.all()
+    w = _scores(3, 6, 6, seed=9, dtype=torch.float32)
+    g_hard = torch.autograd.grad((hard * w).sum(), la)[0]
+    g_soft = torch.autograd.grad((sinkhorn(la, 200) * w).sum(), la)[0]
+    torch.testing.assert_close(g_hard, g_soft)
+
+
+def test_argmax_flags_non_permutations_and_auto_repairs_them():
+    P = torch.tensor([[[0.6, 0.4], [0.7, 0.3]]])  # both rows pick column 0
+    hard, valid = hard_permutation(P, method="argmax", return_valid=True)
+    assert not bool(valid[0]) and not bool(is_permutation(hard)[0])
+    auto = hard_permutation(P, method="auto")
+    assert torch.equal(perm_matrix_to_order(auto), torch.tensor([[1, 0]]))  # max log-prob matching
+    with pytest.raises(ValueError, match="'nope'"):
+        hard_permutation(P, method="nope")
+
+
+def test_order_and_perm_matrix_follow_the_gather_convention():
+    g = torch.Generator().manual_seed(0)
+    order = torch.stack([torch.randperm(5, generator=g) for _ in range(2)])  # (2, 5)
+    tokens = torch.randn(2, 5, 3, generator=g)
+    P = order_to_perm_matrix(order)
+    torch.testing.assert_close(P @ tokens, tokens.gather(1, order[..., None].expand(-1, -1, 3)))
+    assert torch.equal(perm_matrix_to_order(P), order)
+    assert is_permutation(P).all()
+
+
+def test_tau_schedule_is_the_paper_cosine_and_clamps_after_the_end():
+    assert tau_schedule(0, 100) == pytest.approx(2.0)
+    assert tau_schedule(50, 100) == pytest.approx(1.05)
+    assert tau_schedule(100, 100) == pytest.approx(0.1)
+    assert tau_schedule(250, 100) == pytest.approx(0.1)
+    taus = [tau_schedule(s, 100) for s in range(101)]
+    assert all(a >= b for a, b in zip(taus, taus[1:]))
+
+
+@pytest.mark.parametrize(
+    "args, match", [((0, 0), "total_steps.*0"), ((-1, 10), "step.*-1"), ((0, 10, 0.0, 0.1), "tau_start=0.0")]
+)
+def test_bad_tau_schedule_arguments_raise_value_error_naming_the_value(args, match):
+    with pytest.raises(ValueError, match=match):
+        tau_schedule(*args)
