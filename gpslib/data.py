@@ -244,14 +244,22 @@ class VQACollator:
     * ``labels`` (B, L) long (train only);
     * ``pixel_values`` (B, 3, H, W) float.
 
+    * ``reorder_assignment`` (B, M) long, with ``grounding=True`` only: for
+      each image token, the index (among the prompt's text tokens, BOS and
+      image tokens excluded) of the first token of the first word that names
+      the object the patch shows, or -1 (ShapesVQA's ``objects`` and
+      ``mentions``; where objects overlap, the first object wins). This is
+      what the ``"oracle"`` reordering consumes.
+
     ``max_length`` truncates training texts on the right; a prompt that
     would lose image tokens raises ValueError.
     """
 
-    def __init__(self, processor, mode: str = "train", max_length: int | None = None):
+    def __init__(self, processor, mode: str = "train", max_length: int | None = None, grounding: bool = False):
         if mode not in ("train", "generate"):
             raise ValueError(f"unknown collator mode {mode!r}; valid modes are ['train', 'generate']")
         self.processor, self.mode, self.max_length = processor, mode, max_length
+        self.grounding = grounding
         self.tokenizer = processor.tokenizer
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         crop = processor.image_processor.crop_size
@@ -287,6 +295,7 @@ class VQACollator:
         if not rows:
             raise ValueError("cannot collate an empty batch")
         encoded = [self._encode(r["messages"]) for r in rows]
+        assignments = [self._assignment(r) for r in rows] if self.grounding else None
         images = []
         for r in rows:
             if len(r["images"]) != 1:
@@ -306,4 +315,53 @@ class VQACollator:
         out = {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixel_values}
         if self.mode == "train":
             out["labels"] = labels
+        if assignments is not None:
+            out["reorder_assignment"] = torch.tensor(assignments, dtype=torch.long)
         return out
+
+    def _assignment(self, row: dict[str, Any]) -> list[int]:
+        """Text-token index per image token for the row's grounding (see the class docstring)."""
+        return self.grounding_maps(row)["assignment"]
+
+    def grounding_maps(self, row: dict[str, Any]) -> dict[str, list[int]]:
+        """A ShapesVQA row's grounding in token terms.
+
+        Returns ``image_object`` (M,): the object each patch shows (first object
+        where they overlap) or -1; ``text_object`` (N,): the object each prompt
+        text token names (BOS and image tokens excluded) or -1; ``assignment``
+        (M,): the oracle's text index per patch, the first token of the first word
+        naming its object, or -1.
+        """
+        if "objects" not in row or "mentions" not in row:
+            raise ValueError("grounding needs rows with 'objects' and 'mentions' (ShapesVQA); this row has neither")
+        from gpslib.shapes import object_patches
+
+        question = first_turn(row["messages"])[0]
+        prompt = format_prompt(question)
+        q_start = prompt.index(question)
+        enc = self.tokenizer(prompt, return_offsets_mapping=True)
+        bos = self.tokenizer.bos_token_id
+        spans = []  # per prompt text token: its character span in the question
+        for i, (tok, (s, e)) in enumerate(zip(enc["input_ids"], enc["offset_mapping"])):
+            if tok == self.image_token_id or (i == 0 and tok == bos):
+                continue
+            spans.append((s - q_start, e - q_start))
+        text_object = [-1] * len(spans)
+        word_token: dict[int, int] = {}
+        for mention in sorted(row["mentions"], key=lambda m: m["start"]):
+            hits = [j for j, (s, e) in enumerate(spans) if e > mention["start"] and s < mention["end"]]
+            for j in hits:
+                text_object[j] = mention["object_index"]
+            if hits and mention["object_index"] not in word_token:
+                word_token[mention["object_index"]] = hits[0]
+        image_size = row["images"][0].size[0]
+        grid = int(round(self.num_image_tokens ** 0.5))
+        if grid * grid != self.num_image_tokens or image_size % grid:
+            raise ValueError(f"cannot map a {image_size} px image onto {self.num_image_tokens} patches")
+        image_object = [-1] * self.num_image_tokens
+        for obj_index, obj in enumerate(row["objects"]):
+            for patch in object_patches(obj["box"], image_size, image_size // grid):
+                if image_object[patch] == -1:
+                    image_object[patch] = obj_index
+        assignment = [word_token.get(o, -1) if o >= 0 else -1 for o in image_object]
+        return {"image_object": image_object, "text_object": text_object, "assignment": assignment}

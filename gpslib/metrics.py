@@ -87,21 +87,27 @@ def _ptb_tokens(text: str) -> str:
     return " ".join(text.split())
 
 
+@lru_cache(maxsize=1)
+def _meteor():
+    """One METEOR (Java) process per Python process: its start-up costs seconds."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    require_java()
+    return Meteor()
+
+
 def _coco_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.meteor.meteor import Meteor
 
     require_java()
     gts = {i: [_ptb_tokens(r) or "."] for i, r in enumerate(references)}
     res = {i: [_ptb_tokens(p) or "."] for i, p in enumerate(predictions)}
     cider, _ = Cider().compute_score(gts, res)
-    meteor = Meteor()
-    try:
-        meteor_score, _ = meteor.compute_score(gts, res)
-    finally:
-        meteor.close() if hasattr(meteor, "close") else None
-        meteor.meteor_p.kill()
-        meteor.meteor_p.wait()
+    meteor = _meteor()
+    if meteor.meteor_p.poll() is not None:  # the Java process died: start a new one
+        _meteor.cache_clear()
+        meteor = _meteor()
+    meteor_score, _ = meteor.compute_score(gts, res)
     return {"meteor": float(meteor_score), "cider": float(cider)}
 
 

@@ -6,7 +6,7 @@ read at ``vision_feature_layer=-2`` with the ``"default"`` strategy (CLS
 dropped), a 2-layer gelu projector, and a LLaMA decoder with grouped-query
 attention. Three sizes (:data:`SIZES`):
 
-* ``"embedded"``: pretrained here on ShapesVQA (64 px, patch 8 -> 64 image tokens);
+* ``"embedded"``: pretrained here on ShapesVQA (64 px, patch 16 -> 16 image tokens);
 * ``"test"``: random weights, seconds per forward, for unit tests (16 image tokens);
 * ``"mirror"``: the real model's token ids and geometry (vocab 32064,
   ``<image>`` 32000, ``<pad>`` 32001, 336 px, patch 14 -> 576 image tokens)
@@ -36,6 +36,7 @@ __all__ = [
     "embedded_cache_dir",
     "load_model",
     "fix_processor",
+    "ReorderingLlavaForConditionalGeneration",
 ]
 
 EMBEDDED_NAME = "gpslib/embedded"
@@ -43,10 +44,12 @@ EMBEDDED_NAME = "gpslib/embedded"
 # size -> geometry and widths. base_vocab: tokenizer pieces before <image>, <pad>;
 # the model's vocabulary is padded to a multiple of 64 as the real one (32002 -> 32064).
 SIZES: dict[str, dict[str, Any]] = {
-    "embedded": dict(image_size=64, patch_size=8, base_vocab=768,
-                     vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4),
-                     text=dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
-                               num_key_value_heads=2, max_position_embeddings=512)),
+    # embedded: sized so gpslib.pretrain reaches its accuracy goal in minutes on 2 cores
+    # (64 px, patch 16: one patch per cell of ShapesVQA's 4 x 4 grid, 16 image tokens).
+    "embedded": dict(image_size=64, patch_size=16, base_vocab=768,
+                     vision=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2),
+                     text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                               num_key_value_heads=2, max_position_embeddings=256)),
     "test": dict(image_size=32, patch_size=8, base_vocab=768,
                  vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
                  text=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -109,16 +112,29 @@ def build_model(size: str = "embedded", seed: int = 0):
     return model.eval()
 
 
-def embedded_cache_dir(seed: int = 0, root: str | os.PathLike | None = None) -> Path:
-    """Where the pretrained embedded model of ``seed`` lives: ``$GPSLIB_CACHE/embedded-<config hash>-seed<seed>``.
+def embedded_cache_dir(seed: int = 0, root: str | os.PathLike | None = None,
+                       settings: dict[str, Any] | None = None) -> Path:
+    """Where a pretrained base model lives: ``$GPSLIB_CACHE/<size>-<hash>-seed<seed>``.
 
     ``root`` defaults to the ``GPSLIB_CACHE`` environment variable, else
-    ``~/.cache/gpslib``. The hash covers :data:`SIZES` ``["embedded"]``, so a
-    changed architecture never reuses a stale model.
+    ``~/.cache/gpslib``. ``settings`` are the training settings of
+    :mod:`gpslib.pretrain` (keys starting with ``eval_`` are ignored); the
+    default is the ``cpu`` profile's ``"pretrain"`` block, the model that
+    ``load_model(EMBEDDED_NAME)`` reads. The hash covers the size's entry of
+    :data:`SIZES` and those settings, so a changed architecture or training
+    recipe never reuses a stale model, and the smoke model never shadows the
+    cpu one.
     """
+    from gpslib.profiles import profile_settings
+
+    if settings is None:
+        settings = profile_settings("pretrain", "cpu")
+    train = {k: v for k, v in sorted(settings.items()) if not k.startswith("eval_")}
+    size = train.get("size", "embedded")
     root = Path(root or os.environ.get("GPSLIB_CACHE") or Path.home() / ".cache" / "gpslib").expanduser()
-    digest = hashlib.sha256(json.dumps(SIZES["embedded"], sort_keys=True).encode()).hexdigest()[:10]
-    return root / f"embedded-{digest}-seed{seed}"
+    key = json.dumps({"spec": _spec(size), "train": train}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return root / f"{size}-{digest}-seed{seed}"
 
 
 def fix_processor(processor, config):
@@ -144,7 +160,18 @@ def fix_processor(processor, config):
     return processor
 
 
-def load_model(name_or_path: str | os.PathLike, dtype=None, device=None, cache_dir=None, seed: int = 0):
+def __getattr__(name: str):
+    # ReorderingLlavaForConditionalGeneration lives in gpslib.reordering (one concept per
+    # module); it is importable from here too, lazily, so importing this module stays cheap.
+    if name == "ReorderingLlavaForConditionalGeneration":
+        from gpslib.reordering import ReorderingLlavaForConditionalGeneration
+
+        return ReorderingLlavaForConditionalGeneration
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def load_model(name_or_path: str | os.PathLike, dtype=None, device=None, cache_dir=None, seed: int = 0,
+               reorder: str | None = None, **reorder_settings):
     """Load ``(model, processor)`` from a hub id, a local directory or :data:`EMBEDDED_NAME`.
 
     ``dtype``: a torch dtype (default fp32); ``device``: where to move the
@@ -152,10 +179,14 @@ def load_model(name_or_path: str | os.PathLike, dtype=None, device=None, cache_d
     ``seed``: which pretrained embedded model. The embedded model is read
     from :func:`embedded_cache_dir`; when absent a FileNotFoundError says how
     to build it. The processor is passed through :func:`fix_processor`.
+    ``reorder`` (and ``threshold``, ``placement``, ``gps`` in
+    ``reorder_settings``, see :func:`gpslib.reordering.configure_reordering`)
+    loads the weights into a ``ReorderingLlavaForConditionalGeneration``; a
+    saved reordering model comes back as one with its own settings.
     The model is returned in eval mode.
     """
     import torch
-    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     source = str(name_or_path)
     if source == EMBEDDED_NAME:
@@ -165,7 +196,16 @@ def load_model(name_or_path: str | os.PathLike, dtype=None, device=None, cache_d
                 f"the embedded base model (seed {seed}) is not in {path}; build it with "
                 f"`python -m gpslib.pretrain --seed {seed}` (GPSLIB_CACHE sets the cache root)")
         source = str(path)
-    model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype or torch.float32, cache_dir=cache_dir)
+    config = LlavaConfig.from_pretrained(source, cache_dir=cache_dir)
+    if reorder is not None or reorder_settings or getattr(config, "reorder", None) is not None:
+        from gpslib.reordering import ReorderingLlavaForConditionalGeneration, configure_reordering
+
+        configure_reordering(config, reorder=reorder, **reorder_settings)
+        model = ReorderingLlavaForConditionalGeneration.from_pretrained(
+            source, config=config, dtype=dtype or torch.float32, cache_dir=cache_dir)
+    else:
+        model = LlavaForConditionalGeneration.from_pretrained(
+            source, config=config, dtype=dtype or torch.float32, cache_dir=cache_dir)
     processor = fix_processor(LlavaProcessor.from_pretrained(source, cache_dir=cache_dir), model.config)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = processor.tokenizer.pad_token_id

@@ -13,9 +13,14 @@ import pandas as pd
 __all__ = [
     "ROPE_DEMO",
     "LORA_CONFIG",
+    "LORA_CONFIG_AUTHORS_CODE",
     "TABLE2_LOSSES",
     "TABLE3_METRICS",
     "GPS_CLAIM",
+    "SIMILARITY_EXCERPT",
+    "QUALITATIVE_EXAMPLES",
+    "SIMILARITY_THRESHOLD",
+    "similarity_excerpt_summary",
     "NEURALSORT_GUMBEL_SINKHORN_EXACT",
     "rope_demo_table",
     "table2",
@@ -43,6 +48,13 @@ LORA_CONFIG: dict[str, object] = {
     "optimizer": "paged_adamw_8bit",
 }
 LORA_CONFIG_SOURCE = "Section 4.3, Table 1"
+# Not printed in the paper; the authors' code's values (repository tinyllava_finetune*.py).
+LORA_CONFIG_AUTHORS_CODE: dict[str, object] = {
+    "lora_alpha": 16,
+    "batch_size": 4,
+    "grad_accum": 4,
+    "warmup_ratio": 0.03,
+}
 
 # Section 4.3, Table 2 ("Training Metrics per Epoch").
 TABLE2_LOSSES: dict[int, tuple[float, float]] = {
@@ -70,6 +82,40 @@ TABLE3_METRICS: dict[str, tuple[float, float]] = {
     "bleu": (0.3030, 0.2839),
 }
 TABLE3_SOURCE = "Section 4.4, Table 3"
+
+# Section 4.4: the printed corner of the image-text cosine-similarity matrix of the
+# authors' model (rows: image tokens, columns: text tokens; "..." elided), from which the
+# paper concludes the similarities are "mostly low -- well below" tau_align = 0.1.
+SIMILARITY_EXCERPT: tuple[tuple[float, ...], ...] = (
+    (0.0209, -0.0111, -0.0021, -0.0124, 0.0080, 0.0054),
+    (-0.0213, -0.0077, -0.0057, -0.0013, -0.0156, -0.0004),
+    (0.0280, -0.0002, 0.0015, -0.0173, -0.0138, 0.0076),
+    (-0.0069, 0.0341, 0.0365, 0.0147, -0.0113, 0.0102),
+    (0.0109, 0.0391, 0.0433, 0.0247, 0.0027, -0.0037),
+    (0.0085, 0.0292, 0.0260, 0.0168, 0.0159, -0.0047),
+)
+SIMILARITY_THRESHOLD = 0.1
+SIMILARITY_SOURCE = "Section 4.4, printed similarity matrix and text"
+
+# Section 4.4: the paper's two qualitative examples (answers truncated as in the paper).
+QUALITATIVE_EXAMPLES: tuple[dict[str, str], ...] = (
+    {
+        "prompt": "What problems might the placement of this stop sign cause?",
+        "ground_truth": "The unusually large stop sign, covering a significant portion of the lane or "
+        "entrance, can cause several problems. [...]",
+        "original": "The stop sign is placed next to the road, partially obscured by a railing and "
+        "surrounded by a bridge and a fence. [...]",
+        "cosine": "The placement of the stop sign next to a wooden fence and by a roadside pedestrian "
+        "bridge could cause several problems. [...]",
+    },
+    {
+        "prompt": "Who wrote this book?",
+        "ground_truth": "John Morgenthaler",
+        "original": "Arthur Benavie",
+        "cosine": "Dr. John Report",
+    },
+)
+QUALITATIVE_SOURCE = "Section 4.4, Examples 1 and 2"
 
 # Section 4.5 and Figure 5: GPS learns an arbitrary permutation of 800 tokens.
 GPS_CLAIM: dict[str, object] = {
@@ -122,3 +168,14 @@ def table3() -> pd.DataFrame:
     df = pd.DataFrame.from_dict(TABLE3_METRICS, orient="index", columns=["cosine_0.1", "original"])
     df.index.name = "metric"
     return df
+
+
+def similarity_excerpt_summary() -> dict[str, float]:
+    """Min, max and mean |.| of the paper's printed similarity entries, and how many reach tau_align."""
+    values = [v for row in SIMILARITY_EXCERPT for v in row]
+    return {
+        "min": min(values),
+        "max": max(values),
+        "mean_abs": sum(abs(v) for v in values) / len(values),
+        "fraction_at_or_above_threshold": sum(v >= SIMILARITY_THRESHOLD for v in values) / len(values),
+    }

@@ -29,6 +29,58 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "cpu": {"n_pairs": 5000, "head_dim": 64, "demo_dim": 2048, "n_image": 576, "n_text": 50},
         "paper": {"n_pairs": 20000, "head_dim": 64, "demo_dim": 2048, "n_image": 576, "n_text": 50},
     },
+    # notebooks/00_embedded_base_model.ipynb and gpslib.pretrain: the embedded base model.
+    # Keys not starting with "eval_" are training settings and key the model cache
+    # (gpslib.model.embedded_cache_dir), so the smoke and cpu models never share an entry.
+    # `paper` trains nothing: it loads `model` from the hub and only evaluates it.
+    "pretrain": {
+        "smoke": {"size": "test", "steps": 30, "batch_size": 16, "lr": 3e-3, "warmup": 5,
+                  "weight_decay": 0.01, "grad_clip": 1.0, "vision_lr_scale": 0.1,
+                  "eval_samples": 48, "eval_batch_size": 48, "eval_max_new_tokens": 20},
+        "cpu": {"size": "embedded", "steps": 1600, "batch_size": 32, "lr": 2e-3, "warmup": 80,
+                "weight_decay": 0.01, "grad_clip": 1.0, "vision_lr_scale": 0.1,
+                "eval_samples": 600, "eval_batch_size": 100, "eval_max_new_tokens": 20},
+        "paper": {"model": "bczhou/tiny-llava-v1-hf",
+                  "eval_samples": 600, "eval_batch_size": 16, "eval_max_new_tokens": 32},
+    },
+    # notebooks/02_tokenmixer_reordering.ipynb (paper Section 3.1, 4.4, Figures 1 and 3)
+    "tokenmixer": {
+        "smoke": {"n_samples": 8, "tau_align": 0.1, "authors_threshold": 0.08,
+                  "sweep": [-0.1, 0.0, 0.05, 0.08, 0.1, 0.2, 0.3, 0.5]},
+        "cpu": {"n_samples": 300, "tau_align": 0.1, "authors_threshold": 0.08,
+                "sweep": [-0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]},
+        "paper": {"n_samples": 100, "tau_align": 0.1, "authors_threshold": 0.08,
+                  "sweep": [-0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]},
+    },
+    # notebooks/04_lora_finetuning.ipynb and 05_metric_tables.ipynb, gpslib.finetune
+    # (paper Section 4.3-4.4, Tables 1-3). LoRA r 8 / alpha 16 / dropout 0.05, lr 1e-4,
+    # batch 4 x accumulation 4 are the paper's in every profile; sizes and epochs differ.
+    "finetune": {
+        "smoke": {"model_profile": "smoke", "train_samples": 16, "eval_samples": 8, "gen_samples": 4,
+                  "epochs": 2, "batch_size": 4, "grad_accum": 1, "max_new_tokens": 8,
+                  "early_stopping_patience": None, "seeds": [0], "table2_epochs": 2},
+        "cpu": {"model_profile": "cpu", "train_samples": 800, "eval_samples": 64, "gen_samples": 64,
+                "epochs": 3, "batch_size": 4, "grad_accum": 4, "max_new_tokens": 32,
+                "early_stopping_patience": 2, "seeds": [0, 1, 2], "table2_epochs": 5},
+        "paper": {"model": "bczhou/tiny-llava-v1-hf", "data": "unsloth/llava-instruct-mix-vsft-mini",
+                  "train_samples": 7000, "eval_samples": 100, "gen_samples": 100, "epochs": 5,
+                  "batch_size": 4, "grad_accum": 4, "max_new_tokens": 64, "early_stopping_patience": 2,
+                  "seeds": [0, 1, 2], "table2_epochs": 10},
+    },
+    # notebooks/03_gps_permutation_learning.ipynb (paper Section 3.2, 4.5, Figure 5);
+    # read by gpslib.permutation_learning.run_all_experiments. `cpu`: main run + 4
+    # ablations + fixed-permutation and sorting runs: 188 s measured (1 thread, shared 2 cores).
+    "gps": {
+        "smoke": {"n_tokens": 16, "dim": 32, "ffn_dim": 128, "num_layers": 4, "steps": 12,
+                  "batch_size": 4, "lr": 1e-4, "sinkhorn_iters": 50, "gen_steps": 12,
+                  "sort_n_tokens": [5, 9], "n_eval": 8},
+        "cpu": {"n_tokens": 64, "dim": 128, "ffn_dim": 512, "num_layers": 4, "steps": 400,
+                "batch_size": 4, "lr": 1e-4, "sinkhorn_iters": 50, "gen_steps": 400,
+                "sort_n_tokens": [5, 9, 15, 64, 128], "n_eval": 64},
+        "paper": {"n_tokens": 800, "dim": 2048, "ffn_dim": 8192, "num_layers": 4, "steps": 1000,
+                  "batch_size": 4, "lr": 1e-4, "sinkhorn_iters": 50, "gen_steps": 1000,
+                  "sort_n_tokens": [5, 9, 15, 64, 128], "n_eval": 256},
+    },
 }
 
 

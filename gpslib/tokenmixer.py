@@ -23,6 +23,7 @@ __all__ = [
     "cosine_reorder",
     "similarity_stats",
     "cosine_reorder_loop",
+    "grounding_scores",
 ]
 
 PLACEMENTS = ("before", "after")
@@ -76,9 +77,10 @@ def cosine_similarity_matrix(
             f"D={image_embeds.shape[-1]} (image) and D={text_embeds.shape[-1]} (text)"
         )
     dtype = torch.promote_types(image_embeds.dtype, torch.float32)
-    img = torch.nn.functional.normalize(image_embeds.to(dtype), dim=-1, eps=eps)  # (..., M, D)
+    img = image_embeds.to(dtype)  # (..., M, D)
     txt = torch.nn.functional.normalize(text_embeds.to(dtype), dim=-1, eps=eps)  # (..., N, D)
-    return img @ txt.transpose(-1, -2)  # (..., M, N)
+    # divide the (M, N) product by the image norms instead of writing a normalised (M, D) copy
+    return (img @ txt.transpose(-1, -2)) / torch.linalg.vector_norm(img, dim=-1, keepdim=True).clamp_min(eps)
 
 
 def cosine_assignment(
@@ -185,3 +187,31 @@ def cosine_reorder_loop(
         text = [m + j]
         sequence += buckets[j] + text if placement == "before" else text + buckets[j]
     return torch.tensor(sequence, dtype=torch.long)
+
+
+def grounding_scores(
+    assignment: torch.Tensor, image_object: torch.Tensor, text_object: torch.Tensor
+) -> dict[str, float]:
+    """How well an assignment of image tokens to text tokens matches ground truth.
+
+    assignment (..., M): text index per image token or -1; image_object (..., M):
+    the object each patch shows or -1; text_object (..., N): the object each text
+    token names or -1. A moved image token is correct when its text token names
+    the object the patch shows. Returns ``precision`` (correct / moved),
+    ``recall`` (correct / patches of named objects), ``moved`` (fraction of image
+    tokens moved) and the counts behind them; precision is NaN when nothing moved.
+    """
+    target = text_object.gather(-1, assignment.clamp_min(0))  # (..., M) object named by the chosen token
+    correct = (assignment >= 0) & (target >= 0) & (target == image_object)
+    # patches whose object some text token names
+    nameable = (image_object[..., :, None] == text_object[..., None, :]).any(-1) & (image_object >= 0)
+    moved = int((assignment >= 0).sum())
+    n_correct, n_nameable = int(correct.sum()), int(nameable.sum())
+    return {
+        "precision": n_correct / moved if moved else float("nan"),
+        "recall": n_correct / n_nameable if n_nameable else float("nan"),
+        "moved": moved / assignment.numel() if assignment.numel() else 0.0,
+        "n_moved": moved,
+        "n_correct": n_correct,
+        "n_nameable": n_nameable,
+    }

@@ -21,3 +21,9 @@ def test_table2_has_ten_epochs_and_table3_six_metrics():
     assert paper.table2().loc[7, "val_loss"] == 1.2084
     assert len(paper.table3()) == 6
     assert paper.table3().loc["bleu", "cosine_0.1"] == 0.3030
+
+
+def test_similarity_excerpt_lies_below_the_threshold_as_the_paper_says():
+    summary = paper.similarity_excerpt_summary()
+    assert summary["max"] < paper.SIMILARITY_THRESHOLD
+    assert summary["fraction_at_or_above_threshold"] == 0.0

@@ -7,11 +7,15 @@ import torch
 from gpslib import profiles, runtime
 
 
-def test_every_section_defines_every_profile_with_the_same_keys():
+def test_every_section_defines_every_profile():
     for section, by_profile in profiles.SETTINGS.items():
         assert set(by_profile) == set(profiles.PROFILES), section
-        keys = {p: set(v) for p, v in by_profile.items()}
-        assert len({frozenset(k) for k in keys.values()}) == 1, f"{section}: {keys}"
+
+
+def test_smoke_and_cpu_settings_have_the_same_keys():
+    # the paper profile may differ (e.g. it loads the hub model instead of pretraining)
+    for section, by_profile in profiles.SETTINGS.items():
+        assert set(by_profile["smoke"]) == set(by_profile["cpu"]), section
 
 
 def test_profile_settings_returns_a_copy():

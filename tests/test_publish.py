@@ -46,6 +46,7 @@ def test_savefig_returns_only_the_file_name(tmp_path, monkeypatch):
     assert publish.savefig(fig, "fig_x", "cpu") == "fig_x.png"
     plt.close(fig)
     assert (tmp_path / "fig_x.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "fig_x.png").stat().st_mode & 0o044 == 0o044  # readable by group and others
 
 
 def test_failed_write_leaves_the_previous_file_untouched(tmp_path):

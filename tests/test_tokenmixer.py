@@ -116,3 +116,15 @@ def test_fraction_moved_counts_matched_image_tokens():
 def test_bad_reorder_input_raises_value_error_naming_the_value(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_grounding_scores_count_a_patch_as_correct_when_its_word_names_its_object():
+    from gpslib.tokenmixer import grounding_scores
+
+    image_object = torch.tensor([0, 0, 1, -1])
+    text_object = torch.tensor([-1, 0, 0, 1])  # "the red circle square": tokens 1, 2 name object 0
+    assignment = torch.tensor([2, 3, -1, 1])  # patch 0 -> "circle" (right), patch 1 -> object 1 (wrong)
+    scores = grounding_scores(assignment, image_object, text_object)
+    assert scores["n_moved"] == 3 and scores["n_correct"] == 1 and scores["n_nameable"] == 3
+    assert scores["precision"] == pytest.approx(1 / 3) and scores["recall"] == pytest.approx(1 / 3)
+    assert scores["moved"] == pytest.approx(0.75)

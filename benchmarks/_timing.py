@@ -1,0 +1,30 @@
+"""Shared timing helper of the benchmarks: best of several runs, with a fixed torch thread count."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+__all__ = ["best_time", "thread_settings"]
+
+
+def best_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    """Best wall-clock seconds of ``fn()`` over ``repeats`` runs, after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def thread_settings(only: int | None = None) -> list[int]:
+    """Thread counts to measure: 1 and the default (both unless ``only`` is given)."""
+    if only is not None:
+        return [only]
+    default = torch.get_num_threads()
+    return sorted({1, default})
