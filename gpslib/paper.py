@@ -137,7 +137,7 @@ NEURALSORT_GUMBEL_SINKHORN_EXACT: dict[int, float] = {
     9: 0.0,
     15: 0.0,
 }
-NEURALSORT_SOURCE = "Grover et al. 2019 (NeuralSort), Table 1, row Gumbel-Sinkhorn"
+NEURALSORT_SOURCE = "Grover et al. 2019 (NeuralSort), Table 1, row Gumbel-Sinkhorn (as cited, unverified)"
 
 
 def rope_demo_table(ours: dict[str, float]) -> pd.DataFrame:

@@ -26,7 +26,7 @@ import math
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from gpslib.gps import GumbelPermutationSinkformer
 from gpslib.sinkhorn import hard_permutation, order_to_perm_matrix, row_error, tau_schedule
