@@ -1,0 +1,192 @@
+"""Evaluating models: greedy answers, answer accuracy, the six metrics, intervals over seeds.
+
+:func:`predict` generates answers to held-out prompts in batches (left padded) and scores
+each against its short answer where the data has one (ShapesVQA); :func:`accuracy_table`
+groups that per question type beside chance (:data:`CHANCE`). :func:`evaluate_run` scores a finished :mod:`gpslib.finetune` run on held-out prompts:
+validation loss, the metrics of Table 3 (:func:`gpslib.metrics.compute_metrics`) and,
+where the data carries short answers (ShapesVQA), answer accuracy. Results are cached in
+the run directory (``eval.json``) so notebooks rerun cheaply. :func:`mean_ci` and
+:func:`paired_difference` turn per-seed numbers into a mean with a 95% confidence interval
+(Student t), the error bars the paper's single-seed tables lack.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from gpslib.publish import atomic_write_text
+from gpslib.shapes import COLOURS, NUMBERS, SHAPES, SHORT_ANSWER_TYPES, answer_correct
+
+__all__ = ["CHANCE", "unwrap_model", "predict", "accuracy_table", "mean_ci", "paired_difference", "evaluate_run", "summarise_runs"]
+
+# Chance accuracy of a uniform guess over each question type's answer space:
+# 6 colours, 5 shapes, counts zero..four, a side offered by the question
+# (left/right or top/bottom), yes/no.
+CHANCE: dict[str, float] = {
+    "colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / len(NUMBERS),
+    "position": 1 / 2, "existence": 1 / 2, "relation": 1 / 2,
+}
+
+
+def unwrap_model(model):
+    """The transformers model inside a peft / DDP wrapper."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def predict(model, processor, dataset, batch_size: int = 32, max_new_tokens: int = 20) -> pd.DataFrame:
+    """Greedy answers to the first question of every row of ``dataset`` (left padded, batched).
+
+    Works for plain LLaVA (whose ``generate`` returns prompt + answer) and for
+    ``ReorderingLlavaForConditionalGeneration`` (which returns only the answer; an
+    ``"oracle"`` model gets the rows' grounding). Returns one row per sample:
+    ``question_type``, ``question``, ``answer`` (ground truth), ``short_answer``,
+    ``generated`` and ``correct`` (:func:`gpslib.shapes.answer_correct`; ``None`` where
+    the row has no short answer or its type has none).
+    """
+    import torch
+
+    from gpslib.data import VQACollator
+    from gpslib.reordering import ReorderingLlavaForConditionalGeneration
+
+    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int; got {name}={value!r}")
+    inner = unwrap_model(model)
+    reordering = isinstance(inner, ReorderingLlavaForConditionalGeneration)
+    collate = VQACollator(processor, "generate", grounding=reordering and inner.config.reorder == "oracle")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    records = []
+    try:
+        for start in range(0, len(dataset), batch_size):
+            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            batch = {k: v.to(device) for k, v in collate(rows).items()}
+            batch["pixel_values"] = batch["pixel_values"].to(inner.dtype)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+            new = out if reordering else out[:, batch["input_ids"].shape[1]:]
+            texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
+            for row, text in zip(rows, texts):
+                qtype, text = row.get("question_type"), text.strip()
+                short = row.get("short_answer")
+                records.append({
+                    "question_type": qtype, "question": row["messages"][0]["content"][1]["text"],
+                    "answer": row["messages"][1]["content"][0]["text"], "short_answer": short,
+                    "generated": text,
+                    "correct": answer_correct(text, short, qtype) if qtype in CHANCE and short else None,
+                })
+    finally:
+        model.train(was_training)
+    return pd.DataFrame(records)
+
+
+def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Answer accuracy per short-answer question type beside :data:`CHANCE`, plus an ``all`` row.
+
+    Columns: ``n``, ``accuracy``, ``chance`` (``all``: the mean chance of its questions).
+    """
+    scored = predictions[predictions["question_type"].isin(list(CHANCE))]
+    rows = {}
+    for qtype in SHORT_ANSWER_TYPES:
+        part = scored[scored["question_type"] == qtype]
+        if len(part):
+            rows[qtype] = {"n": len(part), "accuracy": float(part["correct"].astype(float).mean()),
+                           "chance": CHANCE[qtype]}
+    if rows:
+        chance = scored["question_type"].map(CHANCE)
+        rows["all"] = {"n": len(scored), "accuracy": float(scored["correct"].astype(float).mean()),
+                       "chance": float(chance.mean())}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "accuracy", "chance"])
+    table.index.name = "question_type"
+    return table
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and half-width of its Student-t confidence interval (NaN half-width for one value)."""
+    from scipy import stats
+
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError("mean_ci needs at least one value; got none")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1); got confidence={confidence}")
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, math.nan
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean of ``a - b`` over paired seeds and its CI half-width; raises ValueError on unequal lengths."""
+    if len(a) != len(b):
+        raise ValueError(f"paired values need equal lengths; got {len(a)} and {len(b)}")
+    return mean_ci([x - y for x, y in zip(a, b)], confidence)
+
+
+def evaluate_run(run_dir: str | os.PathLike, num_samples: int | None = None, batch_size: int = 16,
+                 progress: bool = False) -> dict:
+    """Validation loss, Table 3's metrics and answer accuracy of a finished run (cached in eval.json).
+
+    ``num_samples``: how many held-out prompts to generate answers for (default: the
+    run's ``gen_samples``). Returns ``{"metrics": {...}, "predictions": [...]}``.
+    """
+    import torch
+
+    from gpslib.data import VQACollator
+    from gpslib.finetune import FinetuneConfig, load_data, load_finetuned
+    from gpslib.metrics import compute_metrics, validation_loss
+
+    run_dir = Path(run_dir)
+    cache = run_dir / "eval.json"
+    config = FinetuneConfig(**json.loads((run_dir / "config.json").read_text())["settings"])
+    n = num_samples or config.gen_samples
+    if cache.exists():
+        stored = json.loads(cache.read_text())
+        if stored.get("num_samples") == n:
+            return stored
+    model, processor = load_finetuned(run_dir)
+    image_size = model.config.vision_config.image_size
+    held_out = load_data(config, "test", max(n, config.eval_samples), image_size)
+    grounding = config.reorder == "oracle"
+    collate = VQACollator(processor, "train", grounding=grounding)
+    loader = [collate([held_out[i] for i in range(s, min(s + batch_size, config.eval_samples))])
+              for s in range(0, config.eval_samples, batch_size)]
+    with torch.no_grad():
+        val_loss = validation_loss(model, loader)
+    preds = predict(model, processor, held_out.select(range(n)), batch_size=batch_size,
+                    max_new_tokens=config.max_new_tokens)
+    metrics = compute_metrics(preds["generated"].tolist(), preds["answer"].tolist())
+    metrics["val_loss"] = val_loss
+    scored = preds.dropna(subset=["correct"])
+    metrics["accuracy"] = float(scored["correct"].astype(float).mean()) if len(scored) else math.nan
+    result = {"num_samples": n, "metrics": metrics, "predictions": preds.to_dict(orient="records")}
+    atomic_write_text(cache, json.dumps(result, indent=1))
+    return result
+
+
+def summarise_runs(results: dict[tuple[str, int], dict], metrics: Sequence[str]) -> pd.DataFrame:
+    """Per strategy and metric: mean, CI half-width and the per-seed values.
+
+    ``results`` maps (strategy, seed) to :func:`evaluate_run` output. Returns a long
+    DataFrame with columns strategy, metric, mean, ci95, n, values.
+    """
+    rows = []
+    for strategy in dict.fromkeys(s for s, _ in results):
+        seeds = sorted(k for s, k in results if s == strategy)
+        for metric in metrics:
+            values = [results[(strategy, k)]["metrics"][metric] for k in seeds]
+            mean, half = mean_ci(values)
+            rows.append({"strategy": strategy, "metric": metric, "mean": mean, "ci95": half,
+                         "n": len(values), "values": values})
+    return pd.DataFrame(rows)

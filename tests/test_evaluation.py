@@ -1,0 +1,51 @@
+"""Properties of gpslib.evaluation: answers, accuracy against chance, intervals over seeds."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from gpslib import evaluation as ev
+from gpslib import pretrain as pt
+from gpslib.model import SIZES
+from gpslib.shapes import SHORT_ANSWER_TYPES, shapes_vqa
+
+torch.set_num_threads(1)
+TINY = dict(size="test", steps=6, batch_size=4, lr=3e-3, warmup=1, weight_decay=0.0, grad_clip=1.0,
+            vision_lr_scale=0.1)
+
+
+def test_accuracy_table_scores_answers_against_chance():
+    preds = pd.DataFrame({"question_type": ["colour", "colour", "existence", "describe"],
+                          "correct": [True, False, True, None]})
+    table = ev.accuracy_table(preds)
+    assert list(table.index) == ["colour", "existence", "all"]
+    assert table.loc["colour", "accuracy"] == 0.5 and table.loc["colour", "chance"] == pytest.approx(1 / 6)
+    assert table.loc["all", "n"] == 3 and table.loc["all", "accuracy"] == pytest.approx(2 / 3)
+    assert set(ev.CHANCE) == set(SHORT_ANSWER_TYPES)
+
+
+def test_evaluate_accuracy_generates_with_a_model():
+    model, processor, _ = pt.pretrain(seed=0, progress=False, save=False, **TINY)
+    ds = shapes_vqa(6, split="test", image_size=SIZES["test"]["image_size"], question_types=SHORT_ANSWER_TYPES)
+    preds = ev.predict(model, processor, ds, batch_size=4, max_new_tokens=4)
+    assert len(preds) == 6 and preds["generated"].map(type).eq(str).all()
+    table = ev.accuracy_table(preds)
+    assert table.loc["all", "n"] == 6 and 0 <= table.loc["all", "accuracy"] <= 1
+
+
+def test_predict_rejects_a_bad_batch_size_by_name():
+    with pytest.raises(ValueError, match="batch_size=0"):
+        ev.predict(None, None, [], batch_size=0)
+
+
+def test_mean_ci_matches_the_t_interval():
+    mean, half = ev.mean_ci([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302652729749464 / math.sqrt(3), rel=1e-9)
+    assert math.isnan(ev.mean_ci([1.0])[1])
+    assert ev.paired_difference([2.0, 3.0, 4.0], [1.0, 2.0, 3.0]) == (1.0, 0.0)
+    with pytest.raises(ValueError, match="equal lengths"):
+        ev.paired_difference([1.0], [1.0, 2.0])
