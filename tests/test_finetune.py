@@ -1,0 +1,168 @@
+"""LoRA fine-tuning (gpslib.finetune) and run evaluation (gpslib.evaluation) on the test-size model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpslib import finetune as ft
+from gpslib.model import build_model, build_processor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base")
+    build_model("test", seed=0).save_pretrained(path)
+    build_processor("test").save_pretrained(path)
+    return path
+
+
+def tiny(base_dir, **overrides):
+    settings = dict(model=str(base_dir), train_samples=8, eval_samples=4, gen_samples=2, epochs=2,
+                    batch_size=4, grad_accum=1, max_new_tokens=4, early_stopping_patience=None, seed=0)
+    settings.update(overrides)
+    return ft.FinetuneConfig(**settings).validate()
+
+
+def test_lora_layers_sit_only_in_the_language_model(base_dir):
+    from peft import get_peft_model
+
+    from gpslib.model import load_model
+
+    model, _ = load_model(base_dir, reorder="none")
+    peft_model = get_peft_model(model, ft.lora_config(tiny(base_dir)))
+    lora = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
+    assert lora and all("language_model" in n for n in lora)
+    assert not any("vision_tower" in n for n in lora)
+    kinds = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in lora}
+    assert kinds == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_one_step_changes_lora_b(base_dir):
+    from peft import get_peft_model
+
+    from gpslib.data import VQACollator
+    from gpslib.model import load_model
+    from gpslib.shapes import shapes_vqa
+
+    model, processor = load_model(base_dir, reorder="cosine")
+    peft_model = get_peft_model(model, ft.lora_config(tiny(base_dir)))
+    peft_model.train()
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_B" in n}
+    assert all(float(p.abs().max()) == 0.0 for p in before.values())  # LoRA starts as the identity
+    rows = shapes_vqa(4, seed=0, image_size=32)
+    batch = VQACollator(processor, "train")([rows[i] for i in range(4)])
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    peft_model(**batch).loss.backward()
+    opt.step()
+    after = dict(peft_model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+
+
+@pytest.fixture(scope="module")
+def finished_run(base_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "cosine"
+    table = ft.finetune(tiny(base_dir, reorder="cosine"), run_dir, progress=False)
+    return run_dir, table
+
+
+def test_a_run_writes_config_epochs_adapter_and_done(finished_run):
+    run_dir, table = finished_run
+    assert list(table["epoch"]) == [1, 2]
+    assert table[["train_loss", "val_loss", "bleu"]].notna().all().all()
+    info = json.loads((run_dir / "config.json").read_text())
+    assert info["device"] == "cpu" and info["precision"] == "fp32" and info["optimizer"] == "adamw_torch"
+    assert (run_dir / "adapter" / "adapter_config.json").exists()
+    assert json.loads((run_dir / "done.json").read_text())["steps"] == 4
+
+
+def test_a_finished_run_is_not_trained_again(finished_run, base_dir):
+    run_dir, table = finished_run
+    stamp = (run_dir / "done.json").stat().st_mtime_ns
+    again = ft.finetune(tiny(base_dir, reorder="cosine"), run_dir, progress=False)
+    assert again.equals(table) and (run_dir / "done.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="other settings"):
+        ft.finetune(tiny(base_dir, reorder="none"), run_dir, progress=False)
+
+
+def test_resume_continues_the_step_count(base_dir, tmp_path):
+    run_dir = tmp_path / "resume"
+    ft.finetune(tiny(base_dir, epochs=1), run_dir, progress=False)  # 2 steps, checkpoint-2
+    (run_dir / "done.json").unlink()  # as if interrupted after epoch 1 of a longer run
+    info = json.loads((run_dir / "config.json").read_text())
+    # a longer run over the same directory resumes from checkpoint-2 and ends at step 4
+    config = tiny(base_dir, epochs=2)
+    (run_dir / "config.json").write_text(json.dumps({**info, "settings": config.__dict__}))
+    ft.finetune(config, run_dir, progress=False)
+    assert json.loads((run_dir / "done.json").read_text())["steps"] == 4
+    history = json.loads((run_dir / "log_history.json").read_text())
+    assert [e["epoch"] for e in history if "eval_loss" in e] == [1.0, 2.0]
+
+
+def test_early_stopping_keeps_the_best_checkpoint(base_dir, tmp_path):
+    # a learning rate this large makes validation loss rise after the first epoch
+    run_dir = tmp_path / "early"
+    table = ft.finetune(tiny(base_dir, epochs=4, learning_rate=0.5, early_stopping_patience=1), run_dir,
+                        progress=False)
+    done = json.loads((run_dir / "done.json").read_text())
+    best_epoch = int(table.loc[table["val_loss"].idxmin(), "epoch"])
+    assert done["best_val_loss"] == pytest.approx(table["val_loss"].min(), rel=1e-6)
+    assert done["best_checkpoint"] == f"checkpoint-{2 * best_epoch}"
+    assert len(table) < 4 or best_epoch == 4
+
+
+def test_evaluate_run_reports_every_metric_and_caches(finished_run):
+    from gpslib.evaluation import evaluate_run
+
+    run_dir, _ = finished_run
+    result = evaluate_run(run_dir)
+    assert {"bleu", "bertscore_f1", "meteor", "cider", "rouge_l", "val_loss", "accuracy"} <= set(result["metrics"])
+    assert len(result["predictions"]) == 2
+    assert (run_dir / "eval.json").exists()
+    assert evaluate_run(run_dir) == json.loads((run_dir / "eval.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [({"reorder": "shuffle"}, "'shuffle'"), ({"epochs": 0}, "epochs=0"), ({"learning_rate": 2.0}, "learning_rate=2.0")],
+)
+def test_bad_settings_raise_value_error_naming_the_value(base_dir, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(base_dir, **overrides)
+
+
+def _cli(args, env_extra=None, launcher=(sys.executable,)):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    env.update(env_extra or {})
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+
+
+def test_cli_runs_end_to_end_in_the_smoke_profile(base_dir, tmp_path):
+    proc = _cli(["-m", "gpslib.finetune", "--profile", "smoke", "--reorder", "oracle", "--run-dir",
+                 str(tmp_path / "cli"), "--no-progress", "--set", f"model={base_dir}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "cli" / "done.json").exists()
+    assert "val_loss" in proc.stdout
+
+
+def test_cli_rejects_an_unknown_setting_by_name(tmp_path):
+    proc = _cli(["-m", "gpslib.finetune", "--profile", "smoke", "--run-dir", str(tmp_path / "x"),
+                 "--set", "colour=red"])
+    assert proc.returncode == 2 and "colour" in proc.stderr
+
+
+def test_two_cpu_processes_train_one_run_with_gloo(base_dir, tmp_path):
+    proc = _cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                 "-m", "gpslib.finetune", "--profile", "smoke", "--reorder", "cosine", "--run-dir",
+                 str(tmp_path / "ddp"), "--no-progress", "--set", f"model={base_dir}", "--set", "train_samples=16"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert info["world_size"] == 2
+    # 16 samples, 2 processes x batch 4, accumulation 1: 2 steps per epoch
+    assert json.loads((tmp_path / "ddp" / "done.json").read_text())["steps"] == 4
