@@ -179,7 +179,7 @@ def load_llava_instruct(json_path: str | os.PathLike, image_dir: str | os.PathLi
     opened lazily (``datasets.Image``).
     """
     import datasets
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; valid splits are ['train', 'test']")

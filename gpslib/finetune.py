@@ -295,6 +295,10 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
         data_collator=VQACollator(processor, "train", grounding=grounding),
         callbacks=_callbacks(config, run_dir, processor, gen_rows, progress),
     )
+    if not progress:  # the Trainer prints every log dict (with timings) when its bars are off
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     resume = any((run_dir / "checkpoints").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
     if trainer.is_world_process_zero():

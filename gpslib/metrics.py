@@ -174,8 +174,10 @@ def validation_loss(model: torch.nn.Module, loader, device: torch.device | str |
     """Token-weighted mean cross-entropy of ``model`` over ``loader``.
 
     Each batch is a dict of tensors with ``labels`` (B, T) (-100 = ignored) and
-    whatever else the model's forward takes. Every label token counts once, so
-    batches of different sizes are weighed correctly (unlike a mean of batch means).
+    whatever else the model's forward takes. The labels go into the forward, so a
+    reordering model knows which tokens are the answer (and keeps them in place); the
+    model's mean loss is weighed by the batch's label-token count, so every label
+    token counts once (unlike a mean of batch means).
     """
     was_training = model.training
     model.eval()
@@ -184,16 +186,11 @@ def validation_loss(model: torch.nn.Module, loader, device: torch.device | str |
     try:
         for batch in loader:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            labels = batch["labels"]
-            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits  # (B, T, V)
-            shift_logits = logits[:, :-1].float()  # (B, T-1, V)
-            shift_labels = labels[:, 1:]  # (B, T-1)
-            loss = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                ignore_index=-100, reduction="sum",
-            )
-            total += float(loss)
-            count += int((shift_labels != -100).sum())
+            n = int((batch["labels"][:, 1:] != -100).sum())  # tokens the shifted loss scores
+            if n == 0:
+                continue
+            total += float(model(**batch).loss) * n
+            count += n
     finally:
         model.train(was_training)
     if count == 0:

@@ -134,7 +134,7 @@ def pretrain(size: str = "embedded", seed: int = 0, steps: int = 1200, batch_siz
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
         bar = tqdm(total=steps, initial=start, desc=f"pretrain {size}", file=sys.stderr)
     model.train()
     t0 = time.perf_counter() - spent

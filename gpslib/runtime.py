@@ -42,6 +42,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _quiet_libraries() -> None:
+    """No weight-loading progress bars or info chatter from transformers/datasets in notebook output."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # datasets is a dependency; guard only against a partial install
+        pass
+
+
 def setup(profile: str, seed: int = 0, threads: int | None = None, verbose: bool = True) -> str:
     """Fix threads, seeds and print precision for a run in ``profile``; returns the profile.
 
@@ -56,6 +70,7 @@ def setup(profile: str, seed: int = 0, threads: int | None = None, verbose: bool
     np.set_printoptions(precision=4, suppress=True)
     pd.set_option("display.precision", 4)
     torch.set_printoptions(precision=4, sci_mode=False)
+    _quiet_libraries()
     if verbose:
         print(f"profile={profile} seed={seed} torch={torch.__version__} threads={torch.get_num_threads()}")
     return profile

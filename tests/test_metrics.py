@@ -71,15 +71,18 @@ def test_missing_java_raises_an_error_naming_java(monkeypatch):
 
 
 class _Echo(torch.nn.Module):
-    """Predicts a fixed distribution over a 3-token vocabulary."""
+    """Predicts a fixed distribution over a 3-token vocabulary; its loss is the mean shifted CE."""
 
     def __init__(self, logits):
         super().__init__()
         self.logits = torch.nn.Parameter(torch.tensor(logits))
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, labels, attention_mask=None):
         b, t = input_ids.shape
-        return type("Out", (), {"logits": self.logits.expand(b, t, -1)})()
+        logits = self.logits.expand(b, t, -1)
+        loss = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, 3), labels[:, 1:].reshape(-1), ignore_index=-100)
+        return type("Out", (), {"logits": logits, "loss": loss})()
 
 
 def test_validation_loss_weighs_every_label_token_once():

@@ -243,3 +243,12 @@ def test_load_model_turns_a_plain_checkpoint_into_a_reordering_model(plain, proc
     processor.save_pretrained(tmp_path / "again")
     again, _ = load_model(tmp_path / "again")
     assert isinstance(again, ReorderingLlavaForConditionalGeneration) and again.config.reorder == "cosine"
+
+
+@torch.no_grad()
+def test_validation_loss_of_a_reordering_model_is_its_training_loss(plain, train_batch):
+    from gpslib.metrics import validation_loss
+
+    model = make(plain, "cosine", threshold=0.0)
+    batch = _strip(train_batch)
+    assert validation_loss(model, [batch]) == pytest.approx(float(model(**batch).loss), rel=1e-6)
