@@ -48,6 +48,7 @@ __all__ = [
     "load_data",
     "finetune",
     "load_finetuned",
+    "base_model_source",
     "main",
 ]
 
@@ -145,18 +146,37 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _load_base(config: FinetuneConfig):
-    from gpslib.model import EMBEDDED_NAME, load_model
+def base_model_source(config: FinetuneConfig) -> tuple[str, str]:
+    """Where the run's base model comes from, and a fingerprint of its weights.
 
-    kwargs = dict(reorder=config.reorder, threshold=config.threshold, placement=config.placement, gps=config.gps)
-    if config.model == EMBEDDED_NAME:
+    The embedded model is resolved to its cache directory (trained there on first use);
+    a local directory is itself; a hub id is itself. The fingerprint is the first 16 hex
+    digits of the SHA-256 of ``model.safetensors`` where there is such a file (else the
+    source string), so an adapter is never evaluated on weights it was not trained on,
+    e.g. after ``GPSLIB_CACHE`` pointed elsewhere or the base model was retrained.
+    """
+    import hashlib
+
+    from gpslib.model import EMBEDDED_NAME
+
+    source = config.model
+    if source == EMBEDDED_NAME:
         from gpslib.pretrain import ensure_base_model
 
-        model, processor = ensure_base_model(config.model_profile, progress=False)
-        model, processor = load_model(model.name_or_path, **kwargs)
-    else:
-        model, processor = load_model(config.model, **kwargs)
-    return model, processor
+        model, _ = ensure_base_model(config.model_profile, progress=False)
+        source = str(model.name_or_path)
+    weights = Path(source) / "model.safetensors"
+    if weights.is_file():
+        return source, hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return source, source
+
+
+def _load_base(config: FinetuneConfig, source: str):
+    """The base model at ``source`` as a reordering model with the run's strategy, and its processor."""
+    from gpslib.model import load_model
+
+    return load_model(source, reorder=config.reorder, threshold=config.threshold, placement=config.placement,
+                      gps=config.gps)
 
 
 def _epoch_records(log_history: list[dict[str, Any]], bleu: dict[int, float]) -> list[dict[str, Any]]:
@@ -229,14 +249,16 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
 
     config.validate()
     run_dir = Path(run_dir)
+    source, fingerprint = base_model_source(config)
     if (run_dir / "done.json").exists():
-        stored = json.loads((run_dir / "config.json").read_text())["settings"]
-        if stored != dataclasses.asdict(config):
+        stored = json.loads((run_dir / "config.json").read_text())
+        if stored["settings"] != dataclasses.asdict(config):
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
+        _check_fingerprint(run_dir, stored, fingerprint)
         return pd.DataFrame(json.loads((run_dir / "epochs.json").read_text()))
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
-    model, processor = _load_base(config)
+    model, processor = _load_base(config, source)
     image_size = model.config.vision_config.image_size
     train = load_data(config, "train", config.train_samples, image_size)
     evaluation = load_data(config, "test", config.eval_samples, image_size)
@@ -247,6 +269,8 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
     optimizer = "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
     info = {
         "settings": dataclasses.asdict(config),
+        "base_model": source,
+        "base_fingerprint": fingerprint,
         "device": device,
         "precision": precision,
         "optimizer": optimizer,
@@ -327,10 +351,22 @@ def load_finetuned(run_dir: str | os.PathLike):
     run_dir = Path(run_dir)
     if not (run_dir / "done.json").exists():
         raise FileNotFoundError(f"{run_dir} holds no finished run (no done.json); run finetune first")
-    config = FinetuneConfig(**json.loads((run_dir / "config.json").read_text())["settings"])
-    base, processor = _load_base(config)
+    stored = json.loads((run_dir / "config.json").read_text())
+    config = FinetuneConfig(**stored["settings"])
+    source, fingerprint = base_model_source(config)
+    _check_fingerprint(run_dir, stored, fingerprint)
+    base, processor = _load_base(config, source)
     model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
     return model.eval(), processor
+
+
+def _check_fingerprint(run_dir: Path, stored: dict[str, Any], fingerprint: str) -> None:
+    if stored.get("base_fingerprint") != fingerprint:
+        raise ValueError(
+            f"{run_dir} was fine-tuned from another base model (fingerprint {stored.get('base_fingerprint')!r}, "
+            f"now {fingerprint!r}: GPSLIB_CACHE changed or the base model was retrained); delete the run "
+            f"directory to train it again"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

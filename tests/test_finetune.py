@@ -166,3 +166,21 @@ def test_two_cpu_processes_train_one_run_with_gloo(base_dir, tmp_path):
     assert info["world_size"] == 2
     # 16 samples, 2 processes x batch 4, accumulation 1: 2 steps per epoch
     assert json.loads((tmp_path / "ddp" / "done.json").read_text())["steps"] == 4
+
+
+def test_a_run_refuses_a_different_base_model(finished_run, base_dir, tmp_path):
+    import shutil
+
+    run_dir, _ = finished_run
+    other = tmp_path / "other-base"
+    shutil.copytree(base_dir, other)
+    build_model("test", seed=1).save_pretrained(other)  # same config, other weights
+    # the run's settings name base_dir; point them at a copy whose weights differ
+    stored = json.loads((run_dir / "config.json").read_text())
+    moved = {**stored, "settings": {**stored["settings"], "model": str(other)}}
+    (tmp_path / "run").mkdir()
+    for name in ("config.json", "done.json", "epochs.json"):
+        shutil.copy(run_dir / name, tmp_path / "run" / name)
+    (tmp_path / "run" / "config.json").write_text(json.dumps(moved))
+    with pytest.raises(ValueError, match="another base model"):
+        ft.finetune(tiny(other, reorder="cosine"), tmp_path / "run", progress=False)
