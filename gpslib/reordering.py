@@ -41,7 +41,7 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from gpslib.gps import GumbelPermutationSinkformer
-from gpslib.tokenmixer import PLACEMENTS, cosine_assignment, grouped_order
+from gpslib.tokenmixer import PLACEMENTS, _grouped_order, cosine_assignment
 
 __all__ = [
     "STRATEGIES",
@@ -198,9 +198,12 @@ def prompt_segments(
     n = int(n_text.max())
     text_mask = torch.arange(n, device=input_ids.device)[None, :] < n_text[:, None]  # (B, N)
     slot_mask = torch.arange(m + n, device=input_ids.device)[None, :] < (m + n_text)[:, None]  # (B, M+N)
+    # one argsort packs image positions first (M per row), then text positions, in order
+    key = torch.where(is_image, arange, torch.where(is_text, arange + t, arange + 2 * t))  # (B, T)
+    packed = torch.argsort(key, dim=1)[:, : m + n]  # (B, M+N)
     return {
-        "image_pos": _packed_positions(is_image, m),
-        "text_pos": _packed_positions(is_text, n),
+        "image_pos": packed[:, :m],
+        "text_pos": packed[:, m:],
         "text_mask": text_mask,
         "slot_pos": _packed_positions(prompt, m + n),
         "slot_mask": slot_mask,
@@ -301,9 +304,9 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             local_order = torch.arange(m + n, device=embeds.device).expand(b, -1)
         elif config.reorder == "cosine":
             assignment, _ = cosine_assignment(x_img, x_txt, config.reorder_threshold, seg["text_mask"])
-            local_order = grouped_order(assignment, n, config.reorder_placement)
+            local_order = _grouped_order(assignment, n, config.reorder_placement)  # valid by construction
         elif config.reorder == "oracle":
-            local_order = grouped_order(self._check_assignment(reorder_assignment, seg), n, config.reorder_placement)
+            local_order = _grouped_order(self._check_assignment(reorder_assignment, seg), n, config.reorder_placement)
         else:
             return self._gps_reorder(embeds, attention_mask, labels, position_ids, x_img, x_txt, slot, seg)
 

@@ -47,6 +47,11 @@ def grouped_order(assignment: torch.Tensor, n_text: int, placement: str = "befor
             f"assignment values must lie in [-1, {n_text - 1}]; got range "
             f"[{int(assignment.min())}, {int(assignment.max())}]"
         )
+    return _grouped_order(assignment, n_text, placement)
+
+
+def _grouped_order(assignment: torch.Tensor, n_text: int, placement: str) -> torch.Tensor:
+    """:func:`grouped_order` without its checks (for callers that built a valid assignment)."""
     m = assignment.shape[-1]
     lead = assignment.shape[:-1]
     stride = 2 * m + 2  # room for M image slots on either side of each text token
@@ -138,8 +143,10 @@ def cosine_reorder(
         raise ValueError(
             f"batch sizes differ: image_embeds has B={image_embeds.shape[0]}, text_embeds B={text_embeds.shape[0]}"
         )
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
     assignment, _ = cosine_assignment(image_embeds, text_embeds, threshold, text_mask)
-    return grouped_order(assignment, text_embeds.shape[-2], placement)
+    return _grouped_order(assignment, text_embeds.shape[-2], placement)  # valid by construction
 
 
 def similarity_stats(
