@@ -15,6 +15,7 @@ __all__ = [
     "LORA_CONFIG",
     "LORA_CONFIG_AUTHORS_CODE",
     "TABLE2_LOSSES",
+    "EARLY_STOP_EPOCH",
     "TABLE3_METRICS",
     "GPS_CLAIM",
     "SIMILARITY_EXCERPT",
@@ -70,6 +71,8 @@ TABLE2_LOSSES: dict[int, tuple[float, float]] = {
     10: (0.2639, 1.4761),
 }
 TABLE2_SOURCE = "Section 4.3, Table 2"
+# Section 4.3, text after Figure 4: early stopping at the seventh epoch.
+EARLY_STOP_EPOCH = 7
 
 # Section 4.4, Table 3 ("Comparison of Evaluation Metrics Between Models"):
 # metric -> (cosine similarity, threshold 0.1; original model).
