@@ -55,17 +55,13 @@ def _check_name(name: str) -> None:
         raise ValueError(f"figure/table name must be a plain file stem; got name={name!r}")
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
 def _atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files get the usual mode
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; published files are world-readable
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
