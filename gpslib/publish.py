@@ -19,6 +19,7 @@ notebook output never shows an absolute path.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -92,8 +93,9 @@ def savefig(fig: matplotlib.figure.Figure, name: str, profile: str, dpi: int = 1
 def save_table(df: pd.DataFrame, name: str, profile: str, float_format: str = "{:.4f}") -> list[str]:
     """Write ``df`` as ``<name>.md``, ``<name>.csv`` and ``<name>.tex`` atomically.
 
-    Floats are rounded by ``float_format`` in Markdown and LaTeX; the CSV keeps
-    full precision. Returns the three file names.
+    Floats are rounded by ``float_format`` in Markdown and LaTeX, and NaN (a cell with
+    no value, e.g. an epoch the run did not train) shows as "—"; the CSV keeps full
+    precision and empty cells. Returns the three file names.
     """
     _check_name(name)
     if not isinstance(df, pd.DataFrame):
@@ -101,7 +103,9 @@ def save_table(df: pd.DataFrame, name: str, profile: str, float_format: str = "{
     out = figures_dir(profile)
 
     def fmt(x):
-        return float_format.format(x) if isinstance(x, float) else x
+        if isinstance(x, float):
+            return "—" if math.isnan(x) else float_format.format(x)  # a missing value, not a number
+        return x
 
     shown = df.map(fmt)
     texts = {

@@ -39,6 +39,13 @@ def test_save_table_writes_markdown_csv_and_latex(tmp_path, monkeypatch):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_missing_values_show_as_a_dash_not_nan(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPSLIB_FIGURES_DIR", str(tmp_path))
+    publish.save_table(pd.DataFrame({"ours": [0.5, float("nan")]}, index=[1, 2]), "t", "cpu")
+    markdown = (tmp_path / "t.md").read_text()
+    assert "—" in markdown and "nan" not in markdown
+
+
 def test_savefig_returns_only_the_file_name(tmp_path, monkeypatch):
     monkeypatch.setenv("GPSLIB_FIGURES_DIR", str(tmp_path))
     fig, ax = plt.subplots()
