@@ -41,6 +41,7 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from gpslib.gps import GumbelPermutationSinkformer
+from gpslib.sinkhorn import perm_matrix_to_order
 from gpslib.tokenmixer import PLACEMENTS, _grouped_order, cosine_assignment
 
 __all__ = [
@@ -215,6 +216,18 @@ def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
+def _sequence_order(local_pos: torch.Tensor, local_order: torch.Tensor, slot: torch.Tensor, t: int) -> torch.Tensor:
+    """Whole-sequence gather indices (B, T) from an order over the prompt's [image; text] tokens.
+
+    local_pos (B, L): absolute position of each [image; text] token; local_order (B, L):
+    gather indices into it; slot (B, L): the prompt positions to fill, ``t`` for padding.
+    Every other position keeps its own token.
+    """
+    order = torch.arange(t + 1, device=local_pos.device).repeat(local_pos.shape[0], 1)  # (B, T+1), column T a sink
+    order.scatter_(1, slot, local_pos.gather(1, local_order))
+    return order[:, :t]
+
+
 class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     """``LlavaForConditionalGeneration`` that reorders the prompt before the backbone.
 
@@ -308,11 +321,9 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         elif config.reorder == "oracle":
             local_order = _grouped_order(self._check_assignment(reorder_assignment, seg), n, config.reorder_placement)
         else:
-            return self._gps_reorder(embeds, attention_mask, labels, position_ids, x_img, x_txt, slot, seg)
+            return self._gps_reorder(embeds, attention_mask, labels, position_ids, x_img, x_txt, local_pos, slot, seg)
 
-        order = torch.arange(t + 1, device=embeds.device).repeat(b, 1)  # (B, T+1), column T is a sink
-        order.scatter_(1, slot, local_pos.gather(1, local_order))
-        order = order[:, :t]  # (B, T)
+        order = _sequence_order(local_pos, local_order, slot, t)  # (B, T)
         return ReorderedInputs(
             inputs_embeds=_gather_rows(embeds, order),
             attention_mask=attention_mask.gather(1, order),
@@ -338,7 +349,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             )
         return assignment
 
-    def _gps_reorder(self, embeds, attention_mask, labels, position_ids, x_img, x_txt, slot, seg):
+    def _gps_reorder(self, embeds, attention_mask, labels, position_ids, x_img, x_txt, local_pos, slot, seg):
         b, t, d = embeds.shape
         m = x_img.shape[1]
         x = torch.cat([x_img, x_txt], dim=1)  # (B, L, D), L = M + N
@@ -353,11 +364,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         new_embeds = padded.scatter(1, slot[..., None].expand(-1, -1, d), reordered)[:, :t]  # (B, T, D)
         order = None
         if bool(((P.detach() == 0) | (P.detach() == 1)).all()):  # hard: the whole-sequence order is defined
-            local_order = P.detach().argmax(-1)  # (B, L)
-            local_pos = torch.cat([seg["image_pos"], seg["text_pos"]], dim=1)
-            full = torch.arange(t + 1, device=embeds.device).repeat(b, 1)
-            full.scatter_(1, slot, local_pos.gather(1, local_order))
-            order = full[:, :t]
+            order = _sequence_order(local_pos, perm_matrix_to_order(P.detach()), slot, t)
         # prompt tokens all have mask 1 and label -100, so mask and labels are unchanged by P
         return ReorderedInputs(new_embeds, attention_mask, labels, position_ids, order, P, seg)
 
