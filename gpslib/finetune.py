@@ -161,10 +161,9 @@ def base_model_source(config: FinetuneConfig) -> tuple[str, str]:
 
     source = config.model
     if source == EMBEDDED_NAME:
-        from gpslib.pretrain import ensure_base_model
+        from gpslib.pretrain import base_model_dir
 
-        model, _ = ensure_base_model(config.model_profile, progress=False)
-        source = str(model.name_or_path)
+        source = base_model_dir(config.model_profile, progress=False)
     weights = Path(source) / "model.safetensors"
     if weights.is_file():
         return source, hashlib.sha256(weights.read_bytes()).hexdigest()[:16]

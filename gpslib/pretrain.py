@@ -49,7 +49,7 @@ from gpslib.model import SIZES, build_model, build_processor, embedded_cache_dir
 from gpslib.profiles import check_profile, profile_settings
 from gpslib.shapes import shapes_vqa
 
-__all__ = ["pretrain", "ensure_base_model", "train_settings", "evaluate_accuracy", "image_reliance", "main"]
+__all__ = ["pretrain", "base_model_dir", "ensure_base_model", "train_settings", "evaluate_accuracy", "image_reliance", "main"]
 
 _TRAIN_KEYS = ("size", "steps", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "vision_lr_scale")
 _INFO, _HISTORY, _CKPT = "train_info.json", "history.csv", "checkpoint.pt"
@@ -193,6 +193,22 @@ def _save(final: Path, model, processor, hist: pd.DataFrame, info: dict[str, Any
         os.replace(tmp, final)
 
 
+def base_model_dir(profile: str, seed: int = 0, force: bool = False, progress: bool = True) -> str:
+    """Where the base model of ``profile`` lives, training and caching it on first use.
+
+    The cache directory of the embedded model (``smoke``, ``cpu``), or the hub id the
+    ``paper`` profile names. Loads nothing: see :func:`ensure_base_model`.
+    """
+    check_profile(profile)
+    settings = train_settings(profile)
+    if "model" in settings:
+        return settings["model"]
+    path = embedded_cache_dir(seed, settings=settings)
+    if force or not (path / _INFO).exists():
+        pretrain(seed=seed, progress=progress, **settings)
+    return str(path)
+
+
 def ensure_base_model(profile: str, seed: int = 0, force: bool = False, progress: bool = True):
     """The base model of ``profile``: ``(model, processor)``, loaded from the cache or trained and cached.
 
@@ -202,14 +218,7 @@ def ensure_base_model(profile: str, seed: int = 0, force: bool = False, progress
     from is ``model.name_or_path``; its ``history.csv`` and
     ``train_info.json`` sit beside the weights.
     """
-    check_profile(profile)
-    settings = train_settings(profile)
-    if "model" in settings:
-        return load_model(settings["model"])
-    path = embedded_cache_dir(seed, settings=settings)
-    if force or not (path / _INFO).exists():
-        pretrain(seed=seed, progress=progress, **settings)
-    return load_model(path)
+    return load_model(base_model_dir(profile, seed, force, progress))
 
 
 def evaluate_accuracy(model, processor, dataset, batch_size: int = 32, max_new_tokens: int = 20) -> pd.DataFrame:
