@@ -11,10 +11,17 @@ permutation matrix has ``perm_matrix[b, j, order[b, j]] = 1``, so
 shrinks with the iterations. Nothing is clamped: it is finite for any finite input.
 Equivalently ``log P = log_alpha - r_t[:, None] - c_t[None, :]`` with cumulative
 normaliser vectors ``r_t``, ``c_t``; the memory-efficient backward stores only those.
-Inside each logsumexp the max-shifted exponent is floored at ``-80``
-(``exp(-80) < 2e-35``, below float32 and float64 resolution next to the max term,
-which is 1), which avoids the slow path of ``exp`` for very negative arguments at
-low ``tau``.
+Two forward paths compute the same iterates:
+
+* the matrix loop above (on CUDA, and whenever autograd unrolls the loop): no host
+  syncs; inside each logsumexp the max-shifted exponent is floored at ``-80``
+  (``exp(-80) < 2e-35``, below float32 and float64 resolution next to the max term,
+  which is 1), which avoids the slow path of ``exp`` for very negative arguments;
+* on CPU, the same potentials in scaling form with log-domain absorption
+  (:class:`_Stabilised`): one matrix-vector product per half-step and N x N
+  exponentials only when the kernel is rebuilt, with every row checked for exactness
+  and recomputed in the log domain where the kernel cannot represent it. It is several
+  times faster than the matrix loop (``benchmarks/bench_sinkhorn.py``).
 
 The authors' probability-domain scheme is kept only as a comparison:
 :func:`sinkhorn_clamped_authors`.
@@ -85,20 +92,24 @@ def _apply_mask(log_alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- Sinkhorn
-class _LogSumExp(torch.autograd.Function):
-    """Floored logsumexp over ``dim`` (keepdim) saving only its input and output."""
+class _Normalise(torch.autograd.Function):
+    """``x - logsumexp(x, dim)`` (floored as in :func:`_lse`), saving only its output."""
 
     @staticmethod
-    def forward(ctx, x, dim):  # x (..., N, N) -> (..., N, 1) or (..., 1, N)
-        out = _lse(x, dim)
-        ctx.save_for_backward(x, out)
-        return out
+    def forward(ctx, x, dim, work):  # x (..., N, N) -> y (..., N, N); work: scratch like x
+        y = x - x.amax(dim=dim, keepdim=True)
+        s = torch.clamp_min(y, EXP_FLOOR, out=work).exp_().sum(dim=dim, keepdim=True)
+        y.sub_(s.log_())
+        ctx.dim = dim
+        ctx.save_for_backward(y)
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_out):
-        x, out = ctx.saved_tensors
-        return (x - out).clamp_min_(EXP_FLOOR).exp_().mul_(g_out), None  # softmax * g
+    def backward(ctx, g):  # dy/dx: g - softmax * sum(g)
+        (y,) = ctx.saved_tensors
+        w = y.clamp_min(EXP_FLOOR).exp_()  # softmax along dim
+        return w.mul_(g.sum(dim=ctx.dim, keepdim=True)).neg_().add_(g), None, None
 
 
 def _iterate(la, n_iters, tol, check_every, grad):
@@ -106,20 +117,24 @@ def _iterate(la, n_iters, tol, check_every, grad):
 
     la (..., N, N) -> (log P (..., N, N), cumulative row / column normalisers as lists of
     (..., N) float64 tensors (empty when ``grad``), last row error or None). With
-    ``grad`` every step is an autograd node saving its N x N input (the unrolled mode).
+    ``grad`` every step is an autograd node saving its N x N output (the unrolled mode).
     """
     x = la if grad else la.detach().clone()
+    work = torch.empty_like(la) if grad else None  # scratch for the exponentials
     r_cum = torch.zeros(la.shape[:-1], dtype=torch.float64, device=la.device)  # (..., N)
     c_cum = torch.zeros_like(r_cum)
     rs, cs, err = [], [], None
     for it in range(1, n_iters + 1):
         for dim in (-1, -2):
-            lse = _LogSumExp.apply(x, dim) if grad else _lse(x, dim)
-            x = x - lse if grad else x.sub_(lse)
-            if not grad and dim == -1:
+            if grad:
+                x = _Normalise.apply(x, dim, work)
+                continue
+            lse = _lse(x, dim)
+            x.sub_(lse)
+            if dim == -1:
                 r_cum = r_cum + lse.squeeze(-1)
                 rs.append(r_cum)
-            elif not grad:
+            else:
                 c_cum = c_cum + lse.squeeze(-2)
                 cs.append(c_cum)
         if tol is not None and (it % check_every == 0 or it == n_iters):
@@ -129,12 +144,125 @@ def _iterate(la, n_iters, tol, check_every, grad):
     return x, rs, cs, err
 
 
+class _Stabilised:
+    """Sinkhorn in scaling form with log-domain absorption: the CPU path of :func:`sinkhorn`.
+
+    The iterate is ``log P = la - R[:, None] - C[None, :]`` with float64 potentials R
+    (rows) and C (columns), exactly the cumulative normalisers of the matrix loop. With a
+    kernel ``K = exp(la - Ra - Ca)`` for reference potentials (Ra, Ca) close to (R, C),
+    a half-step is one matrix-vector product, ``R_i = Ra_i + log sum_j K_ij exp(Ca_j -
+    C_j)`` (Schmitzer 2019, "Stabilized sparse scaling algorithms"): the N x N
+    exponentials are paid only when K is rebuilt.
+
+    * Entries of K and of the scaling vector are floored at ``exp(floor)`` (-40 in
+      float32, so no product is a slow denormal; -300 in float64). That changes a sum by
+      less than ``2 e N exp(floor)`` (K <= e), so every row whose sum is not at least
+      ``1 / eps`` times that (eps = the dtype's resolution) is recomputed in the log
+      domain from ``la``; when more than ``_REBUILD`` of the rows needed it, K is
+      rebuilt at the new potentials.
+    * The references are the potentials rounded to a power-of-two grid on which
+      ``Ra_i + Ca_j`` is exact in the working dtype, so ``la - (Ra_i + Ca_j)`` is
+      rounded once, relative to the result: large potentials (low tau) cost no digits.
+    * The checks read values on the host, free on CPU; on CUDA :func:`sinkhorn` runs the
+      matrix loop instead, which has no host sync.
+    """
+
+    _REBUILD = 0.1  # fraction of rows recomputed in the log domain above which K is rebuilt
+
+    def __init__(self, la: torch.Tensor):  # la (B, N, N) float32 / float64
+        self.la, self.la_t = la, None
+        self.dt = la.dtype
+        self.floor = -40.0 if la.dtype == torch.float32 else -300.0
+        n = la.shape[-1]
+        self.min_log_sum = 1.0 + math.log(2 * n) + self.floor - math.log(torch.finfo(la.dtype).eps)
+        # first row step: an exact max, then one subtraction per entry
+        m = la.amax(dim=-1, keepdim=True)  # (B, N, 1)
+        k = torch.sub(la, m).clamp_min_(self.floor).exp_()
+        s = k.sum(dim=-1, keepdim=True)
+        self.K = k.div_(s)  # rows sum to one
+        self.R0 = (m.double() + s.log().double()).squeeze(-1)  # (B, N)
+        self.ref = {-1: self.R0, -2: torch.zeros_like(self.R0)}  # {-1: Ra, -2: Ca}
+
+    def _difference(self, R: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``la - Ra_i - Ca_j`` (B, N, N) in the working dtype with one rounding, and (Ra, Ca)."""
+        bits = 24 if self.dt == torch.float32 else 53  # significand bits
+        big = float(R.abs().amax()) + float(C.abs().amax()) + 1.0
+        grid = 2.0 ** (math.ceil(math.log2(big)) + 1 - bits)
+        if grid > 0.5:  # potentials beyond float32's resolution: subtract in float64
+            return torch.sub(self.la, R.unsqueeze(-1)).sub_(C.unsqueeze(-2)).to(self.dt), R, C
+        Ra, Ca = torch.round(R / grid) * grid, torch.round(C / grid) * grid
+        t = Ra.to(self.dt).unsqueeze(-1) + Ca.to(self.dt).unsqueeze(-2)  # exact on the grid
+        return torch.sub(self.la, t, out=t), Ra, Ca
+
+    def _rebuild(self, R: torch.Tensor, C: torch.Tensor) -> None:
+        x, Ra, Ca = self._difference(R, C)
+        self.K = x.clamp_min_(self.floor).exp_()  # K <= e: the references are within half a grid step
+        self.ref = {-1: Ra, -2: Ca}
+
+    def step(self, dim: int, other: torch.Tensor) -> torch.Tensor:
+        """Potential along ``dim`` (-1 rows, -2 columns) given the other one, exact per row."""
+        d = self.ref[-2 if dim == -1 else -1] - other  # (B, N) log scaling of the other side
+        m = d.amax(dim=-1, keepdim=True)
+        w = (d - m).to(self.dt).clamp_min_(self.floor).exp_()  # (B, N), max 1
+        k = self.K.transpose(-1, -2) if dim == -1 else self.K
+        log_s = torch.bmm(w.unsqueeze(-2), k).squeeze(-2).double().log()  # (B, N)
+        new = self.ref[dim] + m + log_s
+        bad = ~(log_s >= self.min_log_sum)
+        n_bad = int(bad.sum())
+        if n_bad:
+            b, i = bad.nonzero(as_tuple=True)
+            if dim == -1:
+                lines = self.la[b, i]  # (n_bad, N)
+            else:
+                if self.la_t is None:
+                    self.la_t = self.la.transpose(-1, -2).contiguous()
+                lines = self.la_t[b, i]
+            new[b, i] = _lse(torch.sub(lines, other[b]), -1).squeeze(-1)  # float64
+            if n_bad > self._REBUILD * bad.numel():
+                self._rebuild(*((new, other) if dim == -1 else (other, new)))
+        return new
+
+    def log_p(self, R: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
+        x, Ra, Ca = self._difference(R, C)
+        return x.sub_((R - Ra).to(self.dt).unsqueeze(-1)).sub_((C - Ca).to(self.dt).unsqueeze(-2))
+
+
+def _iterate_scaling(la, n_iters, tol, check_every):
+    """Same contract as :func:`_iterate` without ``grad``, in scaling form (:class:`_Stabilised`)."""
+    shape = la.shape
+    st = _Stabilised(la.detach().reshape(-1, *shape[-2:]))
+    R, C = st.R0, None
+    rs, cs, err = [], [], None
+    for it in range(1, n_iters + 1):
+        if R is None:
+            R = st.step(-1, C)
+        rs.append(R)
+        C = st.step(-2, R)
+        cs.append(C)
+        R_done, R = R, None
+        if tol is not None and (it % check_every == 0 or it == n_iters):
+            R = st.step(-1, C)  # next row normaliser: row sums of P are exp(R - R_done)
+            err = float(torch.expm1(R - R_done).abs().amax())
+            if err < tol:
+                break
+    log_p = st.log_p(R_done, C).reshape(shape)
+    batch = shape[:-1]
+    return log_p, [r.reshape(batch) for r in rs], [c.reshape(batch) for c in cs], err
+
+
+def _forward(la, n_iters, tol, check_every):
+    """The no-autograd loop: scaling form on CPU, the sync-free matrix loop elsewhere."""
+    if la.device.type == "cpu":
+        return _iterate_scaling(la, n_iters, tol, check_every)
+    return _iterate(la, n_iters, tol, check_every, grad=False)
+
+
 class _SinkhornMemoryEfficient(torch.autograd.Function):
     """log P from log_alpha, saving only the per-iteration normaliser vectors (O(T N))."""
 
     @staticmethod
     def forward(ctx, log_alpha, n_iters, tol, check_every, info):  # log_alpha (..., N, N)
-        log_p, rs, cs, info["err"] = _iterate(log_alpha, n_iters, tol, check_every, grad=False)
+        log_p, rs, cs, info["err"] = _forward(log_alpha, n_iters, tol, check_every)
         ctx.save_for_backward(log_alpha, torch.stack(rs), torch.stack(cs))  # (T, ..., N)
         return log_p
 
@@ -177,7 +305,9 @@ def sinkhorn(
         n_iters: maximum number of (row, column) iterations, >= 1.
         tol: if given, the row error (max |row sum - 1|) is checked every ``check_every``
             iterations and the loop stops below ``tol``; a warning is issued when
-            ``n_iters`` ends first. ``None`` runs exactly ``n_iters`` with no host syncs.
+            ``n_iters`` ends first. ``None`` runs exactly ``n_iters``, with no host syncs
+            on CUDA (the CPU path reads its exactness checks on the host, which costs
+            nothing there).
         check_every: iterations between convergence checks (only with ``tol``).
         mask: optional (..., N) bool, True = real token. Padded positions map to
             themselves (identity block) and never mix with real ones.
@@ -209,8 +339,10 @@ def sinkhorn(
         info: dict = {}
         log_p = _SinkhornMemoryEfficient.apply(la, n_iters, tol, check_every, info)
         err = info["err"]
+    elif grad:
+        log_p, _, _, err = _iterate(la, n_iters, tol, check_every, grad=True)
     else:
-        log_p, _, _, err = _iterate(la, n_iters, tol, check_every, grad)
+        log_p, _, _, err = _forward(la, n_iters, tol, check_every)
     if tol is not None and err >= tol:
         warnings.warn(
             f"sinkhorn did not converge: row error {err:.3g} >= tol={tol} after "
@@ -218,7 +350,14 @@ def sinkhorn(
             RuntimeWarning,
             stacklevel=2,
         )
-    return log_p if return_log else log_p.exp()
+    return log_p if return_log else _exp_floored(log_p)
+
+
+def _exp_floored(log_p: torch.Tensor) -> torch.Tensor:
+    """exp with entries below EXP_FLOOR set to exactly 0 (|error| < 2e-35, no slow denormal exps)."""
+    if log_p.requires_grad:
+        return log_p.exp()
+    return log_p.masked_fill(log_p < EXP_FLOOR, -math.inf).exp_()
 
 
 def sinkhorn_matrix_reference(log_alpha: torch.Tensor, n_iters: int = 50) -> torch.Tensor:
