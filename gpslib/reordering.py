@@ -1,12 +1,14 @@
 """Token reordering inside the vision-language model (paper Figures 1-2).
 
 :class:`ReorderingLlavaForConditionalGeneration` is transformers'
-``LlavaForConditionalGeneration`` with one seam added: after the image
-features are merged at the ``<image>`` placeholder (transformers' own
-``get_image_features`` + ``get_placeholder_mask`` + ``masked_scatter``), the
-prompt is reordered before the LLaMA backbone sees it. The backbone then runs
-RoPE over the new sequence indices; nothing of transformers' ``forward`` is
-copied.
+``LlavaForConditionalGeneration`` with one seam added: the prompt is reordered
+before the LLaMA backbone sees it. The token embeddings and projected image
+features come from transformers' own ``get_input_embeddings`` and
+``get_image_features``; the features are placed at the ``<image>`` placeholders
+(as transformers' ``masked_scatter`` does, in placeholder order) and the prompt
+reordered in a single row gather, whose indices are bookkept on the host. The
+backbone then runs RoPE over the new sequence indices; nothing of transformers'
+``forward`` is copied, and ``"none"`` runs transformers' own path unchanged.
 
 What moves: BOS stays first; the image tokens and the prompt's text tokens
 (up to and including the assistant separator, i.e. every token before the
@@ -37,12 +39,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import LlavaForConditionalGeneration
 
 from gpslib.gps import GumbelPermutationSinkformer
 from gpslib.sinkhorn import perm_matrix_to_order
-from gpslib.tokenmixer import PLACEMENTS, _grouped_order, cosine_assignment
+from gpslib.tokenmixer import PLACEMENTS, _grouped_order_host, cosine_assignment
 
 __all__ = [
     "STRATEGIES",
@@ -144,12 +147,9 @@ class ReorderedInputs:
     segments: dict[str, torch.Tensor]
 
 
-def _packed_positions(select: torch.Tensor, width: int) -> torch.Tensor:
-    """Positions of the True entries of each row, ascending, packed left: (B, T) bool -> (B, width)."""
-    t = select.shape[1]
-    arange = torch.arange(t, device=select.device)
-    key = torch.where(select, arange, arange + t)  # selected first, in order
-    return torch.argsort(key, dim=1)[:, :width]
+def _host(x: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a NumPy array (no copy on CPU)."""
+    return x.detach().cpu().numpy()
 
 
 def prompt_segments(
@@ -164,68 +164,112 @@ def prompt_segments(
     input_ids (B, T); attention_mask (B, T) or None (all real); labels (B, T)
     or None. Returns image_pos (B, M); text_pos (B, N) packed left with
     text_mask (B, N) True for real entries; slot_pos (B, M + N) the prompt
-    positions the reordered tokens fill, with slot_mask (B, M + N). Raises
-    ValueError when a prompt has no image placeholder or the samples' image
-    token counts differ.
+    positions the reordered tokens fill, in order, with slot_mask (B, M + N)
+    (``t`` where False); all on the device of ``input_ids``. Raises ValueError
+    when a prompt has no image placeholder or the samples' image token counts
+    differ.
     """
-    b, t = input_ids.shape
-    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    is_image = (input_ids == image_token_id) & real
+    real = None if attention_mask is None else _host(attention_mask).astype(bool)
+    seg = _segments_host(_host(input_ids), real, None if labels is None else _host(labels),
+                         image_token_id, bos_token_id)
+    return _to_device(seg, input_ids.device)
+
+
+def _host(x: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a NumPy array (no copy on CPU)."""
+    return x.detach().cpu().numpy()
+
+
+def _to_device(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+
+
+def _segments_host(
+    ids: np.ndarray, real: np.ndarray | None, labels: np.ndarray | None, image_token_id: int, bos_token_id: int | None
+) -> dict[str, np.ndarray]:
+    """:func:`prompt_segments` on host arrays.
+
+    The index bookkeeping of a reordering runs once per forward on (B, T) integers:
+    it is vectorised in NumPy, where an operation costs about a microsecond instead of
+    a tensor dispatch's several (on CUDA the checks read the counts on the host anyway).
+    """
+    b, t = ids.shape
+    is_image = ids == image_token_id
+    if real is not None:
+        is_image &= real
     n_image = is_image.sum(1)  # (B,)
-    if int(n_image.min()) == 0:
-        bad = int((n_image == 0).nonzero()[0, 0])
+    m = int(n_image.min())
+    if m == 0:
         raise ValueError(
-            f"sample {bad} has no image placeholder (token id {image_token_id}); every prompt must "
-            f"contain the expanded <image> tokens"
+            f"sample {int(np.argmin(n_image))} has no image placeholder (token id {image_token_id}); every "
+            f"prompt must contain the expanded <image> tokens"
         )
-    if int(n_image.max()) != int(n_image.min()):
+    if int(n_image.max()) != m:
         raise ValueError(f"samples have different image token counts {n_image.tolist()}; expected one image each")
-    arange = torch.arange(t, device=input_ids.device)
-    first_real = real.int().argmax(1)  # (B,)
-    is_bos = torch.zeros_like(real)
-    if bos_token_id is not None:
-        rows = torch.arange(b, device=input_ids.device)
-        is_bos[rows, first_real] = input_ids[rows, first_real] == bos_token_id
-    if labels is not None:
-        answer = labels != -100
-        first_answer = torch.where(answer.any(1), answer.int().argmax(1), torch.full_like(first_real, t))
-        before_answer = arange[None, :] < first_answer[:, None]
-    else:
-        before_answer = torch.ones_like(real)
-    prompt = real & before_answer & ~is_bos
+    prompt = np.ones(ids.shape, dtype=bool) if real is None else real.copy()
+    if bos_token_id is not None:  # the first real token, when it is BOS, stays in place
+        rows, first = np.arange(b), prompt.argmax(1)
+        prompt[rows, first] &= ids[rows, first] != bos_token_id
+    if labels is not None:  # the prompt ends where the answer starts
+        prompt &= (labels != -100).cumsum(1) == 0
     is_text = prompt & ~is_image
-    m = int(n_image[0])
     n_text = is_text.sum(1)  # (B,)
     n = int(n_text.max())
-    text_mask = torch.arange(n, device=input_ids.device)[None, :] < n_text[:, None]  # (B, N)
-    slot_mask = torch.arange(m + n, device=input_ids.device)[None, :] < (m + n_text)[:, None]  # (B, M+N)
     # one argsort packs image positions first (M per row), then text positions, in order
-    key = torch.where(is_image, arange, torch.where(is_text, arange + t, arange + 2 * t))  # (B, T)
-    packed = torch.argsort(key, dim=1)[:, : m + n]  # (B, M+N)
+    key = np.where(is_image, 0, np.where(is_text, t, 2 * t)) + np.arange(t)
+    packed = np.argsort(key, axis=1, kind="stable")[:, : m + n]  # (B, M+N)
+    arange = np.arange(m + n)
+    slot_mask = arange < (n_text + m)[:, None]  # (B, M+N)
     return {
-        "image_pos": packed[:, :m],
-        "text_pos": packed[:, m:],
-        "text_mask": text_mask,
-        "slot_pos": _packed_positions(prompt, m + n),
+        "image_pos": np.ascontiguousarray(packed[:, :m]),
+        "text_pos": np.ascontiguousarray(packed[:, m:]),
+        "text_mask": arange[:n] < n_text[:, None],  # (B, N)
+        "slot_pos": np.sort(np.where(slot_mask, packed, t), axis=1),  # the same positions, in order
         "slot_mask": slot_mask,
     }
 
 
-def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, T, D), index (B, K) -> (B, K, D)."""
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+def _take_rows(x: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+    """x (B, T, D), host index (B, K) -> (B, K, D): one row gather of the flattened batch."""
+    b, t, d = x.shape
+    flat = (index + np.arange(b)[:, None] * t).reshape(-1)  # (B*K,)
+    return x.reshape(b * t, d).index_select(0, torch.from_numpy(flat).to(x.device)).view(b, -1, d)
 
 
-def _sequence_order(local_pos: torch.Tensor, local_order: torch.Tensor, slot: torch.Tensor, t: int) -> torch.Tensor:
+def _merge_rows(table: torch.Tensor, shape: tuple[int, int], image_pos: np.ndarray,
+                order: np.ndarray | None = None) -> torch.Tensor:
+    """The backbone's input embeddings (B, T, D) in one row gather.
+
+    table (B*T + B*M, D) from ``_embed``: token embeddings, then image features;
+    shape (B, T); image_pos (B, M) host positions of the <image> tokens; order (B, T)
+    host gather indices (identity if None). Position ``image_pos[b, k]`` takes feature
+    row ``b * M + k``, exactly what transformers' ``masked_scatter`` at the placeholder
+    does (it fills the placeholders in order), and the sequence is read in ``order``
+    in the same gather.
+    """
+    b, t = shape
+    m = image_pos.shape[1]
+    source = np.arange(b * t).reshape(b, t)  # row of each position in the table
+    source[np.arange(b)[:, None], image_pos] = b * t + np.arange(b * m).reshape(b, m)
+    if order is not None:
+        source = np.take_along_axis(source, order, 1)
+    index = torch.from_numpy(source.reshape(-1)).to(table.device)
+    return table.index_select(0, index).view(b, t, table.shape[-1])
+
+
+def _sequence_order_host(local_pos: np.ndarray, local_order: np.ndarray, slot: np.ndarray, t: int) -> np.ndarray:
     """Whole-sequence gather indices (B, T) from an order over the prompt's [image; text] tokens.
 
     local_pos (B, L): absolute position of each [image; text] token; local_order (B, L):
     gather indices into it; slot (B, L): the prompt positions to fill, ``t`` for padding.
-    Every other position keeps its own token.
+    Every other position keeps its own token. Host arrays (see :func:`_segments_host`).
     """
-    order = torch.arange(t + 1, device=local_pos.device).repeat(local_pos.shape[0], 1)  # (B, T+1), column T a sink
-    order.scatter_(1, slot, local_pos.gather(1, local_order))
-    return order[:, :t]
+    b = local_pos.shape[0]
+    rows = np.arange(b)[:, None]
+    order = np.empty((b, t + 1), dtype=np.int64)  # column T is a sink for padding slots
+    order[:] = np.arange(t + 1)
+    order[rows, slot] = local_pos[rows, local_order]
+    return order[:, :t].copy()
 
 
 class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -254,6 +298,28 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         self.gps_hard = bool(config.reorder_gps["hard"])
 
     # ------------------------------------------------------------------ the seam
+    def _embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, n_image: int) -> torch.Tensor:
+        """transformers' token embeddings and projected image features as one row table.
+
+        Returns (B*T + B*M, D): rows ``b * T + p`` are the token embeddings of position p of
+        sample b, rows ``B*T + k`` the image features in placeholder order.
+        """
+        tokens = self.get_input_embeddings()(input_ids)  # (B, T, D)
+        features = self.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
+        rows = sum(f.shape[0] for f in features)
+        if rows != n_image:
+            raise ValueError(
+                f"image features and image tokens do not match: the images give {rows} feature rows, "
+                f"the prompts hold {n_image} <image> tokens"
+            )
+        flat = tokens.reshape(-1, tokens.shape[-1])
+        return torch.cat([flat, *(f.to(tokens.device, tokens.dtype) for f in features)], dim=0)
+
+    def _segments(self, input_ids, attention_mask, labels) -> dict[str, np.ndarray]:
+        real = None if attention_mask is None else _host(attention_mask).astype(bool)
+        return _segments_host(_host(input_ids), real, None if labels is None else _host(labels),
+                              self.config.image_token_id, self.config.text_config.bos_token_id)
+
     def prompt_embeddings(
         self,
         input_ids: torch.Tensor,
@@ -269,21 +335,15 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         features, what the LLM sees), ``text_embeds`` (B, N, D) and ``text_ids``
         (B, N) of the prompt's text tokens (valid where ``text_mask``).
         """
-        config = self.config
-        embeds = self.get_input_embeddings()(input_ids)  # (B, T, D)
-        features = self.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
-        features = torch.cat(list(features), dim=0).to(embeds.device, embeds.dtype)  # (B*M, D)
-        image_mask = self.model.get_placeholder_mask(input_ids, inputs_embeds=embeds, image_features=features)
-        embeds = embeds.masked_scatter(image_mask, features)  # (B, T, D)
-        seg = prompt_segments(
-            input_ids, attention_mask, labels, config.image_token_id, config.text_config.bos_token_id
-        )
+        seg = self._segments(input_ids, attention_mask, labels)
+        (b, t), m = input_ids.shape, seg["image_pos"].shape[1]
+        table = self._embed(input_ids, pixel_values, b * m)
         return {
-            **seg,
-            "inputs_embeds": embeds,
-            "image_embeds": _gather_rows(embeds, seg["image_pos"]),  # (B, M, D)
-            "text_embeds": _gather_rows(embeds, seg["text_pos"]),  # (B, N, D)
-            "text_ids": input_ids.gather(1, seg["text_pos"]),  # (B, N)
+            **_to_device(seg, input_ids.device),
+            "inputs_embeds": _merge_rows(table, (b, t), seg["image_pos"]),
+            "image_embeds": table[b * t:].view(b, m, -1),  # (B, M, D), the k-th placeholder's features
+            "text_embeds": _take_rows(table[: b * t].view(b, t, -1), seg["text_pos"]),  # (B, N, D)
+            "text_ids": torch.from_numpy(np.take_along_axis(_host(input_ids), seg["text_pos"], 1)).to(input_ids.device),
         }
 
     def reorder_inputs(
@@ -298,38 +358,49 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
         input_ids (B, T); pixel_values (B, C, H, W); attention_mask (B, T);
         labels (B, T) or None; reorder_assignment (B, M) for ``"oracle"``.
+        The order is index bookkeeping on the host (:func:`_segments_host`); the image
+        features are placed and the sequence reordered by one row gather on the device.
         """
         config = self.config
+        device = input_ids.device
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        parts = self.prompt_embeddings(input_ids, pixel_values, attention_mask, labels)
-        seg = {k: parts[k] for k in ("image_pos", "text_pos", "text_mask", "slot_pos", "slot_mask")}
-        embeds, x_img, x_txt = parts["inputs_embeds"], parts["image_embeds"], parts["text_embeds"]
-        b, t, d = embeds.shape
-        m, n = seg["image_pos"].shape[1], seg["text_pos"].shape[1]
+        mask_h = _host(attention_mask)
+        seg_h = self._segments(input_ids, attention_mask, labels)
+        seg = _to_device(seg_h, device)
+        b, t = input_ids.shape
+        m, n = seg_h["image_pos"].shape[1], seg_h["text_pos"].shape[1]
+        table = self._embed(input_ids, pixel_values, b * m)  # (B*T + B*M, D)
+        d = table.shape[-1]
+        x_img = table[b * t:].view(b, m, d)  # (B, M, D), the k-th placeholder's features
+        x_txt = _take_rows(table[: b * t].view(b, t, d), seg_h["text_pos"])  # (B, N, D)
         position_ids = None
-        if bool((attention_mask[:, 0] == 0).any()):  # left padding: count positions from the first real token
+        if bool((mask_h[:, 0] == 0).any()):  # left padding: count positions from the first real token
             position_ids = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
-        local_pos = torch.cat([seg["image_pos"], seg["text_pos"]], dim=1)  # (B, M+N) absolute positions
-        slot = torch.where(seg["slot_mask"], seg["slot_pos"], torch.full_like(seg["slot_pos"], t))  # (B, M+N)
+        local_pos = np.concatenate([seg_h["image_pos"], seg_h["text_pos"]], axis=1)  # (B, M+N) absolute positions
+        slot = seg_h["slot_pos"]  # (B, M+N), t (a sink) where there is no slot
 
         if config.reorder == "none":
-            local_order = torch.arange(m + n, device=embeds.device).expand(b, -1)
+            local_order = np.broadcast_to(np.arange(m + n), (b, m + n))
         elif config.reorder == "cosine":
             assignment, _ = cosine_assignment(x_img, x_txt, config.reorder_threshold, seg["text_mask"])
-            local_order = _grouped_order(assignment, n, config.reorder_placement)  # valid by construction
+            local_order = _grouped_order_host(_host(assignment), n, config.reorder_placement)  # valid by construction
         elif config.reorder == "oracle":
-            local_order = _grouped_order(self._check_assignment(reorder_assignment, seg), n, config.reorder_placement)
+            assignment = self._check_assignment(reorder_assignment, seg)
+            local_order = _grouped_order_host(_host(assignment), n, config.reorder_placement)
         else:
-            return self._gps_reorder(embeds, attention_mask, labels, position_ids, x_img, x_txt, local_pos, slot, seg)
+            embeds = _merge_rows(table, (b, t), seg_h["image_pos"])
+            return self._gps_reorder(embeds, attention_mask, labels, position_ids, x_img, x_txt, local_pos, seg)
 
-        order = _sequence_order(local_pos, local_order, slot, t)  # (B, T)
+        order = _sequence_order_host(local_pos, local_order, slot, t)  # (B, T)
+        # only prompt tokens move, and they all have mask 1 and label -100 (the prompt ends
+        # at the first label), so the mask and the labels moved with them are unchanged
         return ReorderedInputs(
-            inputs_embeds=_gather_rows(embeds, order),
-            attention_mask=attention_mask.gather(1, order),
-            labels=None if labels is None else labels.gather(1, order),
+            inputs_embeds=_merge_rows(table, (b, t), seg_h["image_pos"], order),
+            attention_mask=attention_mask,
+            labels=labels,
             position_ids=position_ids,
-            order=order,
+            order=torch.from_numpy(order).to(device),
             perm_matrix=None,
             segments=seg,
         )
@@ -349,7 +420,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             )
         return assignment
 
-    def _gps_reorder(self, embeds, attention_mask, labels, position_ids, x_img, x_txt, local_pos, slot, seg):
+    def _gps_reorder(self, embeds, attention_mask, labels, position_ids, x_img, x_txt, local_pos, seg):
         b, t, d = embeds.shape
         m = x_img.shape[1]
         x = torch.cat([x_img, x_txt], dim=1)  # (B, L, D), L = M + N
@@ -360,11 +431,13 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         else:
             P = self.reorder_gps(x.to(gps_dtype), tau=self.gps_tau, hard=True, noise=False, mask=mask)
         reordered = (P @ x.to(P.dtype)).to(embeds.dtype)  # (B, L, D)
+        slot = seg["slot_pos"]  # (B, L), t where there is no slot
         padded = torch.cat([embeds, embeds.new_zeros(b, 1, d)], dim=1)  # (B, T+1, D), row T is a sink
         new_embeds = padded.scatter(1, slot[..., None].expand(-1, -1, d), reordered)[:, :t]  # (B, T, D)
         order = None
         if bool(((P.detach() == 0) | (P.detach() == 1)).all()):  # hard: the whole-sequence order is defined
-            order = _sequence_order(local_pos, perm_matrix_to_order(P.detach()), slot, t)
+            local_order = _host(perm_matrix_to_order(P.detach()))
+            order = torch.from_numpy(_sequence_order_host(local_pos, local_order, _host(slot), t)).to(embeds.device)
         # prompt tokens all have mask 1 and label -100, so mask and labels are unchanged by P
         return ReorderedInputs(new_embeds, attention_mask, labels, position_ids, order, P, seg)
 

@@ -138,8 +138,32 @@ def test_answer_tokens_padding_and_labels_stay_in_place(plain, train_batch):
     assert torch.equal(r.order[fixed], positions[fixed])
     assert torch.equal(r.order[:, 0], torch.zeros(N_ROWS, dtype=torch.long))  # BOS first
     assert torch.equal(r.labels, batch["labels"])
+    # what moved with the tokens: the labels and mask read in the order are the same
+    assert torch.equal(batch["labels"].gather(1, r.order), r.labels)
+    assert torch.equal(batch["attention_mask"].gather(1, r.order), r.attention_mask)
+    assert not torch.equal(r.order, torch.arange(r.order.shape[1]).expand_as(r.order))  # something moved
     for row in r.order:
         assert sorted(row.tolist()) == list(range(len(row)))
+
+
+@torch.no_grad()
+def test_reordered_embeddings_are_transformers_merge_read_in_the_order(plain, train_batch):
+    model = make(plain, "cosine", threshold=0.0)
+    ids, pixels = train_batch["input_ids"], train_batch["pixel_values"]
+    r = model.reorder_inputs(ids, pixels, train_batch["attention_mask"], train_batch["labels"])
+    embeds = model.get_input_embeddings()(ids)
+    features = torch.cat(list(model.get_image_features(pixel_values=pixels, return_dict=True).pooler_output))
+    merged = embeds.masked_scatter(model.model.get_placeholder_mask(ids, embeds, features), features)
+    assert torch.equal(r.inputs_embeds, merged.gather(1, r.order[..., None].expand(-1, -1, merged.shape[-1])))
+    parts = model.prompt_embeddings(ids, pixels, train_batch["attention_mask"], train_batch["labels"])
+    assert torch.equal(parts["inputs_embeds"], merged)
+
+
+def test_images_that_do_not_match_the_placeholders_raise_a_clear_error(plain, train_batch):
+    model = make(plain, "cosine")
+    with pytest.raises(ValueError, match=r"image features and image tokens do not match.*\d+ <image> tokens"):
+        model(input_ids=train_batch["input_ids"], pixel_values=train_batch["pixel_values"][:-1],
+              attention_mask=train_batch["attention_mask"])
 
 
 @torch.no_grad()
