@@ -17,7 +17,8 @@ Two forward paths compute the same iterates:
   syncs; inside each logsumexp the max-shifted exponent is floored at ``-80``
   (``exp(-80) < 2e-35``, below float32 and float64 resolution next to the max term,
   which is 1), which avoids the slow path of ``exp`` for very negative arguments;
-* on CPU, the same potentials in scaling form with log-domain absorption
+* on CPU (from ``_Stabilised.MIN_ELEMENTS`` entries; below, the matrix loop is
+  faster), the same potentials in scaling form with log-domain absorption
   (:class:`_Stabilised`): one matrix-vector product per half-step and N x N
   exponentials only when the kernel is rebuilt, with every row checked for exactness
   and recomputed in the log domain where the kernel cannot represent it. It is several
@@ -168,6 +169,7 @@ class _Stabilised:
     """
 
     _REBUILD = 0.1  # fraction of rows recomputed in the log domain above which K is rebuilt
+    MIN_ELEMENTS = 32768  # B * N * N from which this path beats the matrix loop (measured, 1 thread)
 
     def __init__(self, la: torch.Tensor):  # la (B, N, N) float32 / float64
         self.la, self.la_t = la, None
@@ -251,8 +253,10 @@ def _iterate_scaling(la, n_iters, tol, check_every):
 
 
 def _forward(la, n_iters, tol, check_every):
-    """The no-autograd loop: scaling form on CPU, the sync-free matrix loop elsewhere."""
-    if la.device.type == "cpu":
+    """The no-autograd loop: scaling form on CPU for all but small inputs, the sync-free matrix
+    loop elsewhere (below ``_Stabilised.MIN_ELEMENTS`` entries its fixed cost per half-step,
+    about 20 vector operations, exceeds the matrix loop's)."""
+    if la.device.type == "cpu" and la.numel() >= _Stabilised.MIN_ELEMENTS:
         return _iterate_scaling(la, n_iters, tol, check_every)
     return _iterate(la, n_iters, tol, check_every, grad=False)
 
