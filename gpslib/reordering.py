@@ -147,11 +147,6 @@ class ReorderedInputs:
     segments: dict[str, torch.Tensor]
 
 
-def _host(x: torch.Tensor) -> np.ndarray:
-    """A tensor's values as a NumPy array (no copy on CPU)."""
-    return x.detach().cpu().numpy()
-
-
 def prompt_segments(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
@@ -177,11 +172,17 @@ def prompt_segments(
 
 def _host(x: torch.Tensor) -> np.ndarray:
     """A tensor's values as a NumPy array (no copy on CPU)."""
-    return x.detach().cpu().numpy()
+    return x.numpy(force=True)
+
+
+def _device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor on ``device`` (shared memory on CPU)."""
+    t = torch.from_numpy(x)
+    return t if device.type == "cpu" else t.to(device)
 
 
 def _to_device(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in arrays.items()}
+    return {k: _device(v, device) for k, v in arrays.items()}
 
 
 def _segments_host(
@@ -233,7 +234,7 @@ def _take_rows(x: torch.Tensor, index: np.ndarray) -> torch.Tensor:
     """x (B, T, D), host index (B, K) -> (B, K, D): one row gather of the flattened batch."""
     b, t, d = x.shape
     flat = (index + np.arange(b)[:, None] * t).reshape(-1)  # (B*K,)
-    return x.reshape(b * t, d).index_select(0, torch.from_numpy(flat).to(x.device)).view(b, -1, d)
+    return x.reshape(b * t, d).index_select(0, _device(flat, x.device)).view(b, -1, d)
 
 
 def _merge_rows(table: torch.Tensor, shape: tuple[int, int], image_pos: np.ndarray,
@@ -253,7 +254,7 @@ def _merge_rows(table: torch.Tensor, shape: tuple[int, int], image_pos: np.ndarr
     source[np.arange(b)[:, None], image_pos] = b * t + np.arange(b * m).reshape(b, m)
     if order is not None:
         source = np.take_along_axis(source, order, 1)
-    index = torch.from_numpy(source.reshape(-1)).to(table.device)
+    index = _device(source.reshape(-1), table.device)
     return table.index_select(0, index).view(b, t, table.shape[-1])
 
 
@@ -315,8 +316,8 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         flat = tokens.reshape(-1, tokens.shape[-1])
         return torch.cat([flat, *(f.to(tokens.device, tokens.dtype) for f in features)], dim=0)
 
-    def _segments(self, input_ids, attention_mask, labels) -> dict[str, np.ndarray]:
-        real = None if attention_mask is None else _host(attention_mask).astype(bool)
+    def _segments(self, input_ids, mask: np.ndarray | None, labels) -> dict[str, np.ndarray]:
+        real = None if mask is None else mask.astype(bool)
         return _segments_host(_host(input_ids), real, None if labels is None else _host(labels),
                               self.config.image_token_id, self.config.text_config.bos_token_id)
 
@@ -335,7 +336,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         features, what the LLM sees), ``text_embeds`` (B, N, D) and ``text_ids``
         (B, N) of the prompt's text tokens (valid where ``text_mask``).
         """
-        seg = self._segments(input_ids, attention_mask, labels)
+        seg = self._segments(input_ids, None if attention_mask is None else _host(attention_mask), labels)
         (b, t), m = input_ids.shape, seg["image_pos"].shape[1]
         table = self._embed(input_ids, pixel_values, b * m)
         return {
@@ -343,7 +344,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             "inputs_embeds": _merge_rows(table, (b, t), seg["image_pos"]),
             "image_embeds": table[b * t:].view(b, m, -1),  # (B, M, D), the k-th placeholder's features
             "text_embeds": _take_rows(table[: b * t].view(b, t, -1), seg["text_pos"]),  # (B, N, D)
-            "text_ids": torch.from_numpy(np.take_along_axis(_host(input_ids), seg["text_pos"], 1)).to(input_ids.device),
+            "text_ids": _device(np.take_along_axis(_host(input_ids), seg["text_pos"], 1), input_ids.device),
         }
 
     def reorder_inputs(
@@ -366,14 +367,15 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         mask_h = _host(attention_mask)
-        seg_h = self._segments(input_ids, attention_mask, labels)
+        seg_h = self._segments(input_ids, mask_h, labels)
         seg = _to_device(seg_h, device)
         b, t = input_ids.shape
         m, n = seg_h["image_pos"].shape[1], seg_h["text_pos"].shape[1]
         table = self._embed(input_ids, pixel_values, b * m)  # (B*T + B*M, D)
-        d = table.shape[-1]
-        x_img = table[b * t:].view(b, m, d)  # (B, M, D), the k-th placeholder's features
-        x_txt = _take_rows(table[: b * t].view(b, t, d), seg_h["text_pos"])  # (B, N, D)
+        # the image features (the k-th placeholder's) and the prompt's text rows, one gather
+        rows = np.concatenate([b * t + np.arange(b * m).reshape(b, m), seg_h["text_pos"] + t * np.arange(b)[:, None]], 1)
+        x = table.index_select(0, _device(rows.reshape(-1), device)).view(b, m + n, -1)  # (B, M+N, D)
+        x_img, x_txt = x[:, :m], x[:, m:]
         position_ids = None
         if bool((mask_h[:, 0] == 0).any()):  # left padding: count positions from the first real token
             position_ids = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
@@ -400,7 +402,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             attention_mask=attention_mask,
             labels=labels,
             position_ids=position_ids,
-            order=torch.from_numpy(order).to(device),
+            order=_device(order, device),
             perm_matrix=None,
             segments=seg,
         )
@@ -437,7 +439,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         order = None
         if bool(((P.detach() == 0) | (P.detach() == 1)).all()):  # hard: the whole-sequence order is defined
             local_order = _host(perm_matrix_to_order(P.detach()))
-            order = torch.from_numpy(_sequence_order_host(local_pos, local_order, _host(slot), t)).to(embeds.device)
+            order = _device(_sequence_order_host(local_pos, local_order, _host(slot), t), embeds.device)
         # prompt tokens all have mask 1 and label -100, so mask and labels are unchanged by P
         return ReorderedInputs(new_embeds, attention_mask, labels, position_ids, order, P, seg)
 

@@ -53,8 +53,8 @@ def grouped_order(assignment: torch.Tensor, n_text: int, placement: str = "befor
 
 def _grouped_order(assignment: torch.Tensor, n_text: int, placement: str) -> torch.Tensor:
     """:func:`grouped_order` without its checks (for callers that built a valid assignment)."""
-    order = _grouped_order_host(assignment.detach().cpu().numpy(), n_text, placement)
-    return torch.from_numpy(order).to(assignment.device)
+    order = torch.from_numpy(_grouped_order_host(assignment.numpy(force=True), n_text, placement))
+    return order if assignment.device.type == "cpu" else order.to(assignment.device)
 
 
 def _grouped_order_host(assignment: np.ndarray, n_text: int, placement: str) -> np.ndarray:
