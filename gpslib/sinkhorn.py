@@ -172,17 +172,19 @@ class _Stabilised:
     MIN_ELEMENTS = 32768  # B * N * N from which this path beats the matrix loop (measured, 1 thread)
 
     def __init__(self, la: torch.Tensor):  # la (B, N, N) float32 / float64
-        self.la, self.la_t = la, None
         self.dt = la.dtype
         self.floor = -40.0 if la.dtype == torch.float32 else -300.0
         n = la.shape[-1]
         self.min_log_sum = 1.0 + math.log(2 * n) + self.floor - math.log(torch.finfo(la.dtype).eps)
-        # first row step: an exact max, then one subtraction per entry
+        # work on la minus its row maxima (one exact-as-possible subtraction per entry): P does
+        # not change, and the potentials stay small next to la (1e30 + log 7 is 1e30 in float64)
         m = la.amax(dim=-1, keepdim=True)  # (B, N, 1)
-        k = torch.sub(la, m).clamp_min_(self.floor).exp_()
+        self.la, self.la_t = torch.sub(la, m), None
+        self.shift = m.squeeze(-1).double()  # (B, N): potentials of la = these + shift
+        k = self.la.clamp_min(self.floor).exp_()  # first row step
         s = k.sum(dim=-1, keepdim=True)
         self.K = k.div_(s)  # rows sum to one
-        self.R0 = (m.double() + s.log().double()).squeeze(-1)  # (B, N)
+        self.R0 = s.log().double().squeeze(-1)  # (B, N)
         self.ref = {-1: self.R0, -2: torch.zeros_like(self.R0)}  # {-1: Ra, -2: Ca}
 
     def _difference(self, R: torch.Tensor, C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -249,7 +251,7 @@ def _iterate_scaling(la, n_iters, tol, check_every):
                 break
     log_p = st.log_p(R_done, C).reshape(shape)
     batch = shape[:-1]
-    return log_p, [r.reshape(batch) for r in rs], [c.reshape(batch) for c in cs], err
+    return log_p, [(r + st.shift).reshape(batch) for r in rs], [c.reshape(batch) for c in cs], err
 
 
 def _forward(la, n_iters, tol, check_every):

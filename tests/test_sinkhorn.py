@@ -140,6 +140,12 @@ def test_masked_positions_stay_fixed():
         torch.testing.assert_close(P[b][real][:, real].sum(-2), torch.ones(len(real), dtype=P.dtype))
 
 
+def test_a_constant_row_of_any_magnitude_gives_uniform():
+    for value in (0.0, 1e6, 1e30, -1e30):
+        P = sinkhorn(torch.full((2, 7, 7), value), 10)
+        torch.testing.assert_close(P, torch.full_like(P, 1 / 7), atol=1e-6, rtol=0)
+
+
 def test_finite_for_extreme_finite_input_and_half_is_upcast():
     la = _scores(2, 8, 8) * 1e6
     assert torch.isfinite(sinkhorn(la, 50)).all()
