@@ -313,8 +313,9 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                 f"image features and image tokens do not match: the images give {rows} feature rows, "
                 f"the prompts hold {n_image} <image> tokens"
             )
-        flat = tokens.reshape(-1, tokens.shape[-1])
-        return torch.cat([flat, *(f.to(tokens.device, tokens.dtype) for f in features)], dim=0)
+        if any(f.dtype != tokens.dtype or f.device != tokens.device for f in features):
+            features = [f.to(tokens.device, tokens.dtype) for f in features]
+        return torch.cat([tokens.reshape(-1, tokens.shape[-1]), *features], dim=0)
 
     def _segments(self, input_ids, mask: np.ndarray | None, labels) -> dict[str, np.ndarray]:
         real = None if mask is None else mask.astype(bool)
