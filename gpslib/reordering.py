@@ -164,10 +164,15 @@ def prompt_segments(
     when a prompt has no image placeholder or the samples' image token counts
     differ.
     """
-    real = None if attention_mask is None else _host(attention_mask).astype(bool)
-    seg = _segments_host(_host(input_ids), real, None if labels is None else _host(labels),
-                         image_token_id, bos_token_id)
-    return _to_device(seg, input_ids.device)
+    mask = None if attention_mask is None else _host(attention_mask)
+    return _to_device(_segments_of(input_ids, mask, labels, image_token_id, bos_token_id), input_ids.device)
+
+
+def _segments_of(input_ids, mask: np.ndarray | None, labels, image_token_id: int, bos_token_id: int | None):
+    """:func:`_segments_host` of tensors, the attention mask already on the host."""
+    real = None if mask is None else mask.astype(bool)
+    return _segments_host(_host(input_ids), real, None if labels is None else _host(labels),
+                          image_token_id, bos_token_id)
 
 
 def _host(x: torch.Tensor) -> np.ndarray:
@@ -230,11 +235,17 @@ def _segments_host(
     }
 
 
-def _take_rows(x: torch.Tensor, index: np.ndarray) -> torch.Tensor:
-    """x (B, T, D), host index (B, K) -> (B, K, D): one row gather of the flattened batch."""
-    b, t, d = x.shape
-    flat = (index + np.arange(b)[:, None] * t).reshape(-1)  # (B*K,)
-    return x.reshape(b * t, d).index_select(0, _device(flat, x.device)).view(b, -1, d)
+def _prompt_rows(table: torch.Tensor, shape: tuple[int, int], text_pos: np.ndarray) -> torch.Tensor:
+    """The prompt's [image; text] tokens (B, M + N, D) in one row gather.
+
+    table (B*T + B*M, D) from ``_embed``; shape (B, T); text_pos (B, N) host positions.
+    The image rows are the features in placeholder order, the text rows the token
+    embeddings at ``text_pos``.
+    """
+    b, t = shape
+    m = (table.shape[0] - b * t) // b
+    rows = np.concatenate([b * t + np.arange(b * m).reshape(b, m), text_pos + t * np.arange(b)[:, None]], 1)
+    return table.index_select(0, _device(rows.reshape(-1), table.device)).view(b, rows.shape[1], -1)
 
 
 def _merge_rows(table: torch.Tensor, shape: tuple[int, int], image_pos: np.ndarray,
@@ -318,9 +329,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         return torch.cat([tokens.reshape(-1, tokens.shape[-1]), *features], dim=0)
 
     def _segments(self, input_ids, mask: np.ndarray | None, labels) -> dict[str, np.ndarray]:
-        real = None if mask is None else mask.astype(bool)
-        return _segments_host(_host(input_ids), real, None if labels is None else _host(labels),
-                              self.config.image_token_id, self.config.text_config.bos_token_id)
+        return _segments_of(input_ids, mask, labels, self.config.image_token_id, self.config.text_config.bos_token_id)
 
     def prompt_embeddings(
         self,
@@ -340,11 +349,12 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         seg = self._segments(input_ids, None if attention_mask is None else _host(attention_mask), labels)
         (b, t), m = input_ids.shape, seg["image_pos"].shape[1]
         table = self._embed(input_ids, pixel_values, b * m)
+        x = _prompt_rows(table, (b, t), seg["text_pos"])  # (B, M+N, D)
         return {
             **_to_device(seg, input_ids.device),
             "inputs_embeds": _merge_rows(table, (b, t), seg["image_pos"]),
-            "image_embeds": table[b * t:].view(b, m, -1),  # (B, M, D), the k-th placeholder's features
-            "text_embeds": _take_rows(table[: b * t].view(b, t, -1), seg["text_pos"]),  # (B, N, D)
+            "image_embeds": x[:, :m],  # (B, M, D), the k-th placeholder's features
+            "text_embeds": x[:, m:],  # (B, N, D)
             "text_ids": _device(np.take_along_axis(_host(input_ids), seg["text_pos"], 1), input_ids.device),
         }
 
@@ -373,10 +383,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         b, t = input_ids.shape
         m, n = seg_h["image_pos"].shape[1], seg_h["text_pos"].shape[1]
         table = self._embed(input_ids, pixel_values, b * m)  # (B*T + B*M, D)
-        # the image features (the k-th placeholder's) and the prompt's text rows, one gather
-        rows = np.concatenate([b * t + np.arange(b * m).reshape(b, m), seg_h["text_pos"] + t * np.arange(b)[:, None]], 1)
-        x = table.index_select(0, _device(rows.reshape(-1), device)).view(b, m + n, -1)  # (B, M+N, D)
-        x_img, x_txt = x[:, :m], x[:, m:]
+        x = _prompt_rows(table, (b, t), seg_h["text_pos"])  # (B, M+N, D): image features, then text
         position_ids = None
         if bool((mask_h[:, 0] == 0).any()):  # left padding: count positions from the first real token
             position_ids = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
@@ -386,14 +393,14 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if config.reorder == "none":
             local_order = np.broadcast_to(np.arange(m + n), (b, m + n))
         elif config.reorder == "cosine":
-            assignment, _ = cosine_assignment(x_img, x_txt, config.reorder_threshold, seg["text_mask"])
+            assignment, _ = cosine_assignment(x[:, :m], x[:, m:], config.reorder_threshold, seg["text_mask"])
             local_order = _grouped_order_host(_host(assignment), n, config.reorder_placement)  # valid by construction
         elif config.reorder == "oracle":
             assignment = self._check_assignment(reorder_assignment, seg)
             local_order = _grouped_order_host(_host(assignment), n, config.reorder_placement)
         else:
             embeds = _merge_rows(table, (b, t), seg_h["image_pos"])
-            return self._gps_reorder(embeds, attention_mask, labels, position_ids, x_img, x_txt, local_pos, seg)
+            return self._gps_reorder(embeds, attention_mask, labels, position_ids, x, local_pos, seg)
 
         order = _sequence_order_host(local_pos, local_order, slot, t)  # (B, T)
         # only prompt tokens move, and they all have mask 1 and label -100 (the prompt ends
@@ -423,10 +430,9 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             )
         return assignment
 
-    def _gps_reorder(self, embeds, attention_mask, labels, position_ids, x_img, x_txt, local_pos, seg):
-        b, t, d = embeds.shape
-        m = x_img.shape[1]
-        x = torch.cat([x_img, x_txt], dim=1)  # (B, L, D), L = M + N
+    def _gps_reorder(self, embeds, attention_mask, labels, position_ids, x, local_pos, seg):
+        b, t, d = embeds.shape  # x (B, L, D): the prompt's [image; text] tokens, L = M + N
+        m = x.shape[1] - seg["text_mask"].shape[1]
         mask = torch.cat([torch.ones_like(seg["text_mask"][:, :1]).expand(-1, m), seg["text_mask"]], dim=1)  # (B, L)
         gps_dtype = next(self.reorder_gps.parameters()).dtype
         if self.training:
