@@ -44,6 +44,7 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from gpslib.gps import GumbelPermutationSinkformer
+from gpslib.prompt_layout import PromptLayout, check_feature_rows, cosine_sequence, prompt_layout
 from gpslib.sinkhorn import perm_matrix_to_order
 from gpslib.tokenmixer import PLACEMENTS, _grouped_order_host, cosine_assignment
 
@@ -77,6 +78,8 @@ def _register_llava_checkpoint_layout() -> None:
 _register_llava_checkpoint_layout()
 
 STRATEGIES = ("none", "cosine", "gps", "oracle")
+_FUSED_CPU = True  # "cosine" on the CPU as one compiled pass; tests switch it off to compare the two paths
+_HOST_DTYPES = (torch.float32, torch.float64)
 GPS_DEFAULTS: dict[str, Any] = {
     "num_layers": 4,
     "ffn_dim": None,  # 4 * hidden size
@@ -134,8 +137,8 @@ class ReorderedInputs:
     position_ids (B, T) or None (None: transformers' default ``arange``);
     order (B, T) gather indices of the whole sequence (None for a soft GPS
     permutation); perm_matrix (B, L, L) GPS's P over the prompt's
-    [image; text] tokens (None for other strategies); segments: the
-    :func:`prompt_segments` of the batch.
+    [image; text] tokens (None for other strategies); layout: where the
+    movable tokens are (host arrays, :class:`gpslib.prompt_layout.PromptLayout`).
     """
 
     inputs_embeds: torch.Tensor
@@ -144,7 +147,12 @@ class ReorderedInputs:
     position_ids: torch.Tensor | None
     order: torch.Tensor | None
     perm_matrix: torch.Tensor | None
-    segments: dict[str, torch.Tensor]
+    layout: PromptLayout
+
+    @property
+    def segments(self) -> dict[str, torch.Tensor]:
+        """The :func:`prompt_segments` of the batch, on the device of the embeddings."""
+        return self.layout.segments(self.inputs_embeds.device)
 
 
 def prompt_segments(
@@ -164,15 +172,13 @@ def prompt_segments(
     when a prompt has no image placeholder or the samples' image token counts
     differ.
     """
-    mask = None if attention_mask is None else _host(attention_mask)
-    return _to_device(_segments_of(input_ids, mask, labels, image_token_id, bos_token_id), input_ids.device)
+    return _layout_of(input_ids, attention_mask, labels, image_token_id, bos_token_id).segments(input_ids.device)
 
 
-def _segments_of(input_ids, mask: np.ndarray | None, labels, image_token_id: int, bos_token_id: int | None):
-    """:func:`_segments_host` of tensors, the attention mask already on the host."""
-    real = None if mask is None else mask.astype(bool)
-    return _segments_host(_host(input_ids), real, None if labels is None else _host(labels),
-                          image_token_id, bos_token_id)
+def _layout_of(input_ids, attention_mask, labels, image_token_id: int, bos_token_id: int | None) -> PromptLayout:
+    """:func:`gpslib.prompt_layout.prompt_layout` of tensors."""
+    return prompt_layout(_host(input_ids), None if attention_mask is None else _host(attention_mask),
+                         None if labels is None else _host(labels), image_token_id, bos_token_id)
 
 
 def _host(x: torch.Tensor) -> np.ndarray:
@@ -184,55 +190,6 @@ def _device(x: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host array as a tensor on ``device`` (shared memory on CPU)."""
     t = torch.from_numpy(x)
     return t if device.type == "cpu" else t.to(device)
-
-
-def _to_device(arrays: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: _device(v, device) for k, v in arrays.items()}
-
-
-def _segments_host(
-    ids: np.ndarray, real: np.ndarray | None, labels: np.ndarray | None, image_token_id: int, bos_token_id: int | None
-) -> dict[str, np.ndarray]:
-    """:func:`prompt_segments` on host arrays.
-
-    The index bookkeeping of a reordering runs once per forward on (B, T) integers:
-    it is vectorised in NumPy, where an operation costs about a microsecond instead of
-    a tensor dispatch's several (on CUDA the checks read the counts on the host anyway).
-    """
-    b, t = ids.shape
-    is_image = ids == image_token_id
-    if real is not None:
-        is_image &= real
-    n_image = is_image.sum(1)  # (B,)
-    m = int(n_image.min())
-    if m == 0:
-        raise ValueError(
-            f"sample {int(np.argmin(n_image))} has no image placeholder (token id {image_token_id}); every "
-            f"prompt must contain the expanded <image> tokens"
-        )
-    if int(n_image.max()) != m:
-        raise ValueError(f"samples have different image token counts {n_image.tolist()}; expected one image each")
-    prompt = np.ones(ids.shape, dtype=bool) if real is None else real.copy()
-    if bos_token_id is not None:  # the first real token, when it is BOS, stays in place
-        rows, first = np.arange(b), prompt.argmax(1)
-        prompt[rows, first] &= ids[rows, first] != bos_token_id
-    if labels is not None:  # the prompt ends where the answer starts
-        prompt &= (labels != -100).cumsum(1) == 0
-    is_text = prompt & ~is_image
-    n_text = is_text.sum(1)  # (B,)
-    n = int(n_text.max())
-    # one argsort packs image positions first (M per row), then text positions, in order
-    key = np.where(is_image, 0, np.where(is_text, t, 2 * t)) + np.arange(t)
-    packed = np.argsort(key, axis=1, kind="stable")[:, : m + n]  # (B, M+N)
-    arange = np.arange(m + n)
-    slot_mask = arange < (n_text + m)[:, None]  # (B, M+N)
-    return {
-        "image_pos": np.ascontiguousarray(packed[:, :m]),
-        "text_pos": np.ascontiguousarray(packed[:, m:]),
-        "text_mask": arange[:n] < n_text[:, None],  # (B, N)
-        "slot_pos": np.sort(np.where(slot_mask, packed, t), axis=1),  # the same positions, in order
-        "slot_mask": slot_mask,
-    }
 
 
 def _prompt_rows(table: torch.Tensor, shape: tuple[int, int], text_pos: np.ndarray) -> torch.Tensor:
@@ -274,7 +231,7 @@ def _sequence_order_host(local_pos: np.ndarray, local_order: np.ndarray, slot: n
 
     local_pos (B, L): absolute position of each [image; text] token; local_order (B, L):
     gather indices into it; slot (B, L): the prompt positions to fill, ``t`` for padding.
-    Every other position keeps its own token. Host arrays (see :func:`_segments_host`).
+    Every other position keeps its own token. Host arrays (:class:`gpslib.prompt_layout.PromptLayout`).
     """
     b = local_pos.shape[0]
     rows = np.arange(b)[:, None]
@@ -310,26 +267,22 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         self.gps_hard = bool(config.reorder_gps["hard"])
 
     # ------------------------------------------------------------------ the seam
-    def _embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, n_image: int) -> torch.Tensor:
+    def _embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """transformers' token embeddings and projected image features as one row table.
 
-        Returns (B*T + B*M, D): rows ``b * T + p`` are the token embeddings of position p of
-        sample b, rows ``B*T + k`` the image features in placeholder order.
+        Returns (B*T + R, D): rows ``b * T + p`` are the token embeddings of position p of
+        sample b, rows ``B*T + k`` the R image feature rows in placeholder order (R is
+        checked against the placeholders by the caller).
         """
         tokens = self.get_input_embeddings()(input_ids)  # (B, T, D)
         features = self.get_image_features(pixel_values=pixel_values, return_dict=True).pooler_output
-        rows = sum(f.shape[0] for f in features)
-        if rows != n_image:
-            raise ValueError(
-                f"image features and image tokens do not match: the images give {rows} feature rows, "
-                f"the prompts hold {n_image} <image> tokens"
-            )
         if any(f.dtype != tokens.dtype or f.device != tokens.device for f in features):
             features = [f.to(tokens.device, tokens.dtype) for f in features]
         return torch.cat([tokens.reshape(-1, tokens.shape[-1]), *features], dim=0)
 
-    def _segments(self, input_ids, mask: np.ndarray | None, labels) -> dict[str, np.ndarray]:
-        return _segments_of(input_ids, mask, labels, self.config.image_token_id, self.config.text_config.bos_token_id)
+    def _layout(self, input_ids, attention_mask, labels) -> PromptLayout:
+        return _layout_of(input_ids, attention_mask, labels, self.config.image_token_id,
+                          self.config.text_config.bos_token_id)
 
     def prompt_embeddings(
         self,
@@ -346,16 +299,17 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         features, what the LLM sees), ``text_embeds`` (B, N, D) and ``text_ids``
         (B, N) of the prompt's text tokens (valid where ``text_mask``).
         """
-        seg = self._segments(input_ids, None if attention_mask is None else _host(attention_mask), labels)
-        (b, t), m = input_ids.shape, seg["image_pos"].shape[1]
-        table = self._embed(input_ids, pixel_values, b * m)
-        x = _prompt_rows(table, (b, t), seg["text_pos"])  # (B, M+N, D)
+        layout = self._layout(input_ids, attention_mask, labels)
+        (b, t), m = input_ids.shape, layout.image_pos.shape[1]
+        table = self._embed(input_ids, pixel_values)
+        check_feature_rows(table.shape[0] - b * t, b * m)
+        x = _prompt_rows(table, (b, t), layout.text_pos)  # (B, M+N, D)
         return {
-            **_to_device(seg, input_ids.device),
-            "inputs_embeds": _merge_rows(table, (b, t), seg["image_pos"]),
+            **layout.segments(input_ids.device),
+            "inputs_embeds": _merge_rows(table, (b, t), layout.image_pos),
             "image_embeds": x[:, :m],  # (B, M, D), the k-th placeholder's features
             "text_embeds": x[:, m:],  # (B, N, D)
-            "text_ids": _device(np.take_along_axis(_host(input_ids), seg["text_pos"], 1), input_ids.device),
+            "text_ids": _device(np.take_along_axis(_host(input_ids), layout.text_pos, 1), input_ids.device),
         }
 
     def reorder_inputs(
@@ -370,69 +324,79 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
 
         input_ids (B, T); pixel_values (B, C, H, W); attention_mask (B, T);
         labels (B, T) or None; reorder_assignment (B, M) for ``"oracle"``.
-        The order is index bookkeeping on the host (:func:`_segments_host`); the image
+        The order is index bookkeeping on the host (:mod:`gpslib.prompt_layout`); the image
         features are placed and the sequence reordered by one row gather on the device.
+        ``"cosine"`` with float32/float64 embeddings on the CPU runs as one compiled pass
+        (:func:`gpslib.prompt_layout.cosine_sequence`); elsewhere the similarity is
+        :func:`gpslib.tokenmixer.cosine_assignment` on the device.
         """
         config = self.config
         device = input_ids.device
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        mask_h = _host(attention_mask)
-        seg_h = self._segments(input_ids, mask_h, labels)
-        seg = _to_device(seg_h, device)
-        b, t = input_ids.shape
-        m, n = seg_h["image_pos"].shape[1], seg_h["text_pos"].shape[1]
-        table = self._embed(input_ids, pixel_values, b * m)  # (B*T + B*M, D)
-        x = _prompt_rows(table, (b, t), seg_h["text_pos"])  # (B, M+N, D): image features, then text
+        (b, t), mask_h = input_ids.shape, _host(attention_mask)
         position_ids = None
         if bool((mask_h[:, 0] == 0).any()):  # left padding: count positions from the first real token
             position_ids = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
-        local_pos = np.concatenate([seg_h["image_pos"], seg_h["text_pos"]], axis=1)  # (B, M+N) absolute positions
-        slot = seg_h["slot_pos"]  # (B, M+N), t (a sink) where there is no slot
+        ids_h, labels_h = _host(input_ids), None if labels is None else _host(labels)
+        table = self._embed(input_ids, pixel_values)  # (B*T + B*M, D)
+        # only prompt tokens move, and they all have mask 1 and label -100 (the prompt ends
+        # at the first label), so the mask and the labels moved with them are unchanged
+        if config.reorder == "cosine" and _FUSED_CPU and device.type == "cpu" and table.dtype in _HOST_DTYPES:
+            order, source, layout = cosine_sequence(
+                ids_h, mask_h, labels_h, config.image_token_id, config.text_config.bos_token_id, _host(table),
+                config.reorder_threshold, config.reorder_placement)
+            embeds = table.index_select(0, torch.from_numpy(source.reshape(-1))).view(b, t, table.shape[-1])
+            return ReorderedInputs(embeds, attention_mask, labels, position_ids, torch.from_numpy(order), None, layout)
 
+        layout = prompt_layout(ids_h, mask_h, labels_h, config.image_token_id, config.text_config.bos_token_id)
+        m, n = layout.image_pos.shape[1], layout.text_pos.shape[1]
+        check_feature_rows(table.shape[0] - b * t, b * m)
+        x = _prompt_rows(table, (b, t), layout.text_pos)  # (B, M+N, D): image features, then text
+        local_pos = np.concatenate([layout.image_pos, layout.text_pos], axis=1)  # (B, M+N) absolute positions
         if config.reorder == "none":
             local_order = np.broadcast_to(np.arange(m + n), (b, m + n))
         elif config.reorder == "cosine":
-            assignment, _ = cosine_assignment(x[:, :m], x[:, m:], config.reorder_threshold, seg["text_mask"])
+            text_mask = _device(layout.text_mask, device)
+            assignment, _ = cosine_assignment(x[:, :m], x[:, m:], config.reorder_threshold, text_mask)
             local_order = _grouped_order_host(_host(assignment), n, config.reorder_placement)  # valid by construction
         elif config.reorder == "oracle":
-            assignment = self._check_assignment(reorder_assignment, seg)
+            assignment = self._check_assignment(reorder_assignment, layout, device)
             local_order = _grouped_order_host(_host(assignment), n, config.reorder_placement)
         else:
-            embeds = _merge_rows(table, (b, t), seg_h["image_pos"])
-            return self._gps_reorder(embeds, attention_mask, labels, position_ids, x, local_pos, seg)
+            embeds = _merge_rows(table, (b, t), layout.image_pos)
+            return self._gps_reorder(embeds, attention_mask, labels, position_ids, x, local_pos, layout)
 
-        order = _sequence_order_host(local_pos, local_order, slot, t)  # (B, T)
-        # only prompt tokens move, and they all have mask 1 and label -100 (the prompt ends
-        # at the first label), so the mask and the labels moved with them are unchanged
+        order = _sequence_order_host(local_pos, local_order, layout.slot_pos, t)  # (B, T)
         return ReorderedInputs(
-            inputs_embeds=_merge_rows(table, (b, t), seg_h["image_pos"], order),
+            inputs_embeds=_merge_rows(table, (b, t), layout.image_pos, order),
             attention_mask=attention_mask,
             labels=labels,
             position_ids=position_ids,
             order=_device(order, device),
             perm_matrix=None,
-            segments=seg,
+            layout=layout,
         )
 
-    def _check_assignment(self, assignment: torch.Tensor | None, seg: dict[str, torch.Tensor]) -> torch.Tensor:
-        b, m = seg["image_pos"].shape
+    def _check_assignment(self, assignment: torch.Tensor | None, layout: PromptLayout, device) -> torch.Tensor:
+        b, m = layout.image_pos.shape
         if assignment is None:
             raise ValueError("reorder='oracle' needs reorder_assignment (B, M) with the batch; got None")
-        assignment = torch.as_tensor(assignment, device=seg["image_pos"].device, dtype=torch.long)
+        assignment = torch.as_tensor(assignment, device=device, dtype=torch.long)
         if tuple(assignment.shape) != (b, m):
             raise ValueError(f"reorder_assignment must have shape {(b, m)}; got {tuple(assignment.shape)}")
-        n_text = seg["text_mask"].sum(1, keepdim=True)  # (B, 1)
+        n_text = _device(layout.n_text, device)[:, None]  # (B, 1)
         if bool(((assignment < -1) | (assignment >= n_text)).any()):
             raise ValueError(
                 f"reorder_assignment values must lie in [-1, n_text - 1] per sample (n_text = "
-                f"{n_text.squeeze(1).tolist()}); got range [{int(assignment.min())}, {int(assignment.max())}]"
+                f"{layout.n_text.tolist()}); got range [{int(assignment.min())}, {int(assignment.max())}]"
             )
         return assignment
 
-    def _gps_reorder(self, embeds, attention_mask, labels, position_ids, x, local_pos, seg):
+    def _gps_reorder(self, embeds, attention_mask, labels, position_ids, x, local_pos, layout: PromptLayout):
         b, t, d = embeds.shape  # x (B, L, D): the prompt's [image; text] tokens, L = M + N
-        m = x.shape[1] - seg["text_mask"].shape[1]
+        m = layout.image_pos.shape[1]
+        seg = layout.segments(embeds.device)
         mask = torch.cat([torch.ones_like(seg["text_mask"][:, :1]).expand(-1, m), seg["text_mask"]], dim=1)  # (B, L)
         gps_dtype = next(self.reorder_gps.parameters()).dtype
         if self.training:
@@ -446,9 +410,9 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         order = None
         if bool(((P.detach() == 0) | (P.detach() == 1)).all()):  # hard: the whole-sequence order is defined
             local_order = _host(perm_matrix_to_order(P.detach()))
-            order = _device(_sequence_order_host(local_pos, local_order, _host(slot), t), embeds.device)
+            order = _device(_sequence_order_host(local_pos, local_order, layout.slot_pos, t), embeds.device)
         # prompt tokens all have mask 1 and label -100, so mask and labels are unchanged by P
-        return ReorderedInputs(new_embeds, attention_mask, labels, position_ids, order, P, seg)
+        return ReorderedInputs(new_embeds, attention_mask, labels, position_ids, order, P, layout)
 
     # ------------------------------------------------------------------ forward / generate
     def forward(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gpslib.host_kernels import grouped_rows
+
 __all__ = [
     "PLACEMENTS",
     "grouped_order",
@@ -58,20 +60,17 @@ def _grouped_order(assignment: torch.Tensor, n_text: int, placement: str) -> tor
 
 
 def _grouped_order_host(assignment: np.ndarray, n_text: int, placement: str) -> np.ndarray:
-    """The sort behind :func:`grouped_order`, on the host: (..., M) int -> (..., M + N) int64.
+    """The sequence behind :func:`grouped_order`, on the host: (..., M) int -> (..., M + N) int64.
 
-    Index bookkeeping on small integer arrays runs in NumPy, where an operation costs
-    about a microsecond instead of a tensor dispatch's several; it is one vectorised
-    sort, no loop over tokens.
+    Index bookkeeping on small integer arrays runs on the host, compiled
+    (:func:`gpslib.host_kernels.grouped_row`): one pass per row, no sort and no Python
+    loop over tokens.
     """
     m = assignment.shape[-1]
-    stride = 2 * m + 2  # room for M image slots on either side of each text token
-    image_pos = np.arange(m)  # (M,)
-    offset = image_pos if placement == "before" else image_pos + m + 1
-    image_key = np.where(assignment >= 0, (assignment + 1) * stride + offset, image_pos)  # (..., M)
-    text_key = (np.arange(n_text) + 1) * stride + m  # (N,)
-    keys = np.concatenate([image_key, np.broadcast_to(text_key, assignment.shape[:-1] + (n_text,))], axis=-1)
-    return np.argsort(keys, axis=-1, kind="stable")
+    rows = np.ascontiguousarray(assignment.reshape(-1, m), dtype=np.int64)  # (R, M)
+    out = np.empty((rows.shape[0], m + n_text), dtype=np.int64)
+    grouped_rows(rows, n_text, placement == "after", out)
+    return out.reshape(assignment.shape[:-1] + (m + n_text,))
 
 
 def _check_threshold(threshold: float) -> None:

@@ -159,6 +159,32 @@ def test_reordered_embeddings_are_transformers_merge_read_in_the_order(plain, tr
     assert torch.equal(parts["inputs_embeds"], merged)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("placement", ["before", "after"])
+@pytest.mark.parametrize("batch_name", ["train_batch", "gen_batch"])
+def test_compiled_cpu_cosine_path_equals_the_tensor_path(plain, placement, batch_name, request, monkeypatch):
+    import gpslib.reordering as reordering
+
+    model = make(plain, "cosine", threshold=0.0, placement=placement)
+    batch = request.getfixturevalue(batch_name)
+    args = (batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch.get("labels"))
+    fused = model.reorder_inputs(*args)
+    monkeypatch.setattr(reordering, "_FUSED_CPU", False)
+    tensor = model.reorder_inputs(*args)
+    assert not torch.equal(fused.order, torch.arange(fused.order.shape[1]).expand_as(fused.order))
+    assert torch.equal(fused.order, tensor.order)
+    assert torch.equal(fused.inputs_embeds, tensor.inputs_embeds)
+    for name, value in tensor.segments.items():
+        assert torch.equal(fused.segments[name], value), name
+    assert (fused.position_ids is None) == (tensor.position_ids is None)
+
+
+def test_compiled_cosine_path_passes_gradients_to_the_projector(plain, train_batch):
+    model = make(plain, "cosine", threshold=0.0).train()
+    model(**_strip(train_batch)).loss.backward()
+    assert model.model.multi_modal_projector.linear_2.weight.grad.abs().sum() > 0
+
+
 def test_images_that_do_not_match_the_placeholders_raise_a_clear_error(plain, train_batch):
     model = make(plain, "cosine")
     with pytest.raises(ValueError, match=r"image features and image tokens do not match.*\d+ <image> tokens"):

@@ -128,3 +128,4 @@ def test_grounding_scores_count_a_patch_as_correct_when_its_word_names_its_objec
     assert scores["n_moved"] == 3 and scores["n_correct"] == 1 and scores["n_nameable"] == 3
     assert scores["precision"] == pytest.approx(1 / 3) and scores["recall"] == pytest.approx(1 / 3)
     assert scores["moved"] == pytest.approx(0.75)
+
