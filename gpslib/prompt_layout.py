@@ -9,7 +9,8 @@ Python face: shapes, checks and errors. Rules (:func:`prompt_layout`):
 * image tokens: every real ``<image>`` token, in order (placeholder k holds the k-th
   projected image feature of its sample, as transformers' ``masked_scatter`` places them);
 * text tokens: real tokens that are not image tokens, except the first real token when it
-  is BOS and every token from the first label on (labels != -100 mark the answer);
+  is BOS and every token from the first real token with a label on (labels != -100 mark the
+  answer; labels at padding positions are ignored);
 * slots: the image and text positions together, in increasing order. Every other position
   (BOS, answer, padding) keeps its token.
 
@@ -64,8 +65,8 @@ class PromptLayout:
 
 def _kernel_args(ids: np.ndarray, mask: np.ndarray | None, labels: np.ndarray | None,
                  image_token_id: int, bos_token_id: int | None) -> tuple:
-    if ids.ndim != 2:
-        raise ValueError(f"input_ids must be (B, T); got shape {ids.shape}")
+    if ids.ndim != 2 or ids.shape[0] == 0:
+        raise ValueError(f"input_ids must be (B, T) with B >= 1; got shape {ids.shape}")
     for name, a in (("attention_mask", mask), ("labels", labels)):
         if a is not None and a.shape != ids.shape:
             raise ValueError(f"{name} must have the shape of input_ids {ids.shape}; got {a.shape}")
@@ -123,6 +124,10 @@ def cosine_sequence(ids: np.ndarray, mask: np.ndarray | None, labels: np.ndarray
     """
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [-1, 1] (a cosine similarity); got threshold={threshold}")
+    if table.dtype not in (np.float32, np.float64):
+        raise ValueError(f"table must be float32 or float64; got dtype {table.dtype}")
     args = _kernel_args(ids, mask, labels, image_token_id, bos_token_id)
     order, source, image_pos, text_pos, slots, counts, status, m, n = cosine_rows(
         *args, table, float(threshold), placement == "after")

@@ -67,7 +67,7 @@ def _grouped_order_host(assignment: np.ndarray, n_text: int, placement: str) -> 
     loop over tokens.
     """
     m = assignment.shape[-1]
-    rows = np.ascontiguousarray(assignment.reshape(-1, m), dtype=np.int64)  # (R, M)
+    rows = np.ascontiguousarray(assignment.reshape(int(np.prod(assignment.shape[:-1])), m), dtype=np.int64)  # (R, M)
     out = np.empty((rows.shape[0], m + n_text), dtype=np.int64)
     grouped_rows(rows, n_text, placement == "after", out)
     return out.reshape(assignment.shape[:-1] + (m + n_text,))

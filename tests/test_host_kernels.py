@@ -12,7 +12,7 @@ def _randn(seed, *shape):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("threshold", [-1.0, 0.0, 0.15, 1.0])
+@pytest.mark.parametrize("threshold", [-1.0, 0.0, 0.15, 0.9])
 def test_host_cosine_rule_equals_cosine_assignment(threshold):
     image, tokens = _randn(7, 20, 16), _randn(8, 12, 16)
     tokens[3] = 4 * image[0]  # a sure match

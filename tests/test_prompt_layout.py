@@ -35,6 +35,45 @@ def test_without_mask_labels_or_bos_every_token_is_movable():
     assert layout.text_pos.tolist() == [[0, 2, 4, 5]]  # BOS is text when there is no BOS id
 
 
+def _rules(ids, mask, labels, bos):
+    """The module docstring's rules, one token at a time."""
+    image, text = [], []
+    first, answer = True, False
+    for p in range(len(ids)):
+        if mask is not None and not mask[p]:
+            continue
+        answer |= labels is not None and labels[p] != -100
+        if ids[p] == IMG:
+            image.append(p)
+        elif not answer and not (first and bos is not None and ids[p] == bos):
+            text.append(p)
+        first = False
+    return image, text
+
+
+@pytest.mark.parametrize("with_mask, with_labels, bos", [(True, True, BOS), (True, False, BOS), (False, True, None),
+                                                         (False, False, BOS)])
+def test_layout_follows_the_rules_token_by_token(with_mask, with_labels, bos):
+    rng = np.random.default_rng(1)
+    for _ in range(50):  # masks with holes, labels anywhere (padding too), images in the answer
+        b, t, m = int(rng.integers(1, 4)), int(rng.integers(1, 12)), int(rng.integers(1, 3))
+        ids = rng.choice([BOS, 5, 6, 7], (b, t))
+        for i in range(b):
+            ids[i, rng.choice(t, min(m, t), replace=False)] = IMG
+        mask = (rng.random((b, t)) < 0.8).astype(np.int32) if with_mask else None
+        if mask is not None:
+            mask[ids == IMG] = 1  # the same image count in every row
+        labels = np.where(rng.random((b, t)) < 0.2, 5, -100) if with_labels else None
+        layout = prompt_layout(ids, mask, labels, IMG, bos)
+        for i in range(b):
+            image, text = _rules(ids[i], None if mask is None else mask[i], None if labels is None else labels[i], bos)
+            n = int(layout.n_text[i])
+            assert layout.image_pos[i].tolist() == image
+            assert layout.text_pos[i, :n].tolist() == text
+            assert layout.slot_pos[i, : len(image) + n].tolist() == sorted(image + text)
+            assert (layout.slot_pos[i, len(image) + n:] == t).all()
+
+
 def test_segments_are_the_layout_as_tensors():
     layout = prompt_layout(IDS, MASK, LABELS, IMG, BOS)
     seg = layout.segments()
@@ -60,6 +99,8 @@ def test_bad_prompts_raise_value_error_naming_the_value(ids, match):
 def test_a_mask_of_another_shape_raises_value_error_naming_it():
     with pytest.raises(ValueError, match=r"attention_mask must have the shape of input_ids \(2, 8\)"):
         prompt_layout(IDS, MASK[:, :4], None, IMG, BOS)
+    with pytest.raises(ValueError, match=r"B >= 1; got shape \(0, 8\)"):
+        prompt_layout(IDS[:0], None, None, IMG, BOS)
 
 
 def test_feature_rows_that_do_not_match_the_placeholders_raise():
@@ -68,6 +109,10 @@ def test_feature_rows_that_do_not_match_the_placeholders_raise():
         cosine_sequence(IDS, MASK, LABELS, IMG, BOS, table, 0.1, "before")
     with pytest.raises(ValueError, match="'middle'"):
         cosine_sequence(IDS, MASK, LABELS, IMG, BOS, table, 0.1, "middle")
+    with pytest.raises(ValueError, match="threshold=nan"):
+        cosine_sequence(IDS, MASK, LABELS, IMG, BOS, table, float("nan"), "before")
+    with pytest.raises(ValueError, match="float16"):
+        cosine_sequence(IDS, MASK, LABELS, IMG, BOS, table.astype(np.float16), 0.1, "before")
 
 
 def _reference(ids, mask, labels, table, threshold, placement):

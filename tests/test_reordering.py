@@ -179,10 +179,17 @@ def test_compiled_cpu_cosine_path_equals_the_tensor_path(plain, placement, batch
     assert (fused.position_ids is None) == (tensor.position_ids is None)
 
 
-def test_compiled_cosine_path_passes_gradients_to_the_projector(plain, train_batch):
-    model = make(plain, "cosine", threshold=0.0).train()
-    model(**_strip(train_batch)).loss.backward()
-    assert model.model.multi_modal_projector.linear_2.weight.grad.abs().sum() > 0
+def test_compiled_cosine_path_gives_the_tensor_paths_gradients(plain, train_batch, monkeypatch):
+    import gpslib.reordering as reordering
+
+    grads = []
+    for fused in (True, False):
+        monkeypatch.setattr(reordering, "_FUSED_CPU", fused)
+        model = make(plain, "cosine", threshold=0.0).train()
+        model(**_strip(train_batch)).loss.backward()
+        grads.append(model.model.multi_modal_projector.linear_2.weight.grad)
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])
 
 
 def test_images_that_do_not_match_the_placeholders_raise_a_clear_error(plain, train_batch):

@@ -90,6 +90,11 @@ def test_batched_reorder_with_padding_equals_per_sample_reorder():
         assert torch.equal(real, alone)
 
 
+def test_no_image_tokens_leaves_the_text_in_order():
+    assert grouped_order(torch.empty(0, dtype=torch.long), n_text=3).tolist() == [0, 1, 2]
+    assert cosine_reorder(torch.zeros(2, 0, 4), torch.ones(2, 3, 4)).tolist() == [[0, 1, 2]] * 2
+
+
 def test_empty_text_leaves_every_image_token_unmatched():
     image = _embeds(6, 4, 8)
     order = cosine_reorder(image, torch.zeros(0, 8))
@@ -128,4 +133,3 @@ def test_grounding_scores_count_a_patch_as_correct_when_its_word_names_its_objec
     assert scores["n_moved"] == 3 and scores["n_correct"] == 1 and scores["n_nameable"] == 3
     assert scores["precision"] == pytest.approx(1 / 3) and scores["recall"] == pytest.approx(1 / 3)
     assert scores["moved"] == pytest.approx(0.75)
-
