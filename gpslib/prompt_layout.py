@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from gpslib.host_kernels import cosine_rows, layout_rows
-from gpslib.tokenmixer import PLACEMENTS
+from gpslib.tokenmixer import _check_placement, _check_threshold
 
 __all__ = ["PromptLayout", "prompt_layout", "cosine_sequence", "check_feature_rows"]
 
@@ -122,10 +122,8 @@ def cosine_sequence(ids: np.ndarray, mask: np.ndarray | None, labels: np.ndarray
     features and the reordering in one gather); the :class:`PromptLayout`. Raises
     ValueError for bad image token counts or R != B * M.
     """
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must lie in [-1, 1] (a cosine similarity); got threshold={threshold}")
+    _check_placement(placement)
+    _check_threshold(threshold)
     if table.dtype not in (np.float32, np.float64):
         raise ValueError(f"table must be float32 or float64; got dtype {table.dtype}")
     args = _kernel_args(ids, mask, labels, image_token_id, bos_token_id)

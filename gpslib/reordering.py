@@ -8,8 +8,9 @@ features come from transformers' own ``get_input_embeddings`` and
 (as transformers' ``masked_scatter`` does, in placeholder order) and the prompt
 reordered in a single row gather, whose indices are bookkept on the host
 (:mod:`gpslib.prompt_layout`, compiled loops; on the CPU the cosine strategy's
-similarity runs in the same compiled call). The backbone then runs RoPE over the new sequence indices; nothing of transformers'
-``forward`` is copied, and ``"none"`` runs transformers' own path unchanged.
+similarity runs in the same compiled call). The backbone then runs RoPE over the
+new sequence indices; nothing of transformers' ``forward`` is copied, and
+``"none"`` runs transformers' own path unchanged.
 
 What moves: BOS stays first; the image tokens and the prompt's text tokens
 (up to and including the assistant separator, i.e. every token before the

@@ -40,8 +40,7 @@ def grouped_order(assignment: torch.Tensor, n_text: int, placement: str = "befor
     Returns order: (..., M + n_text) long, gather indices into
     ``cat([image (M), text (n_text)])``.
     """
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
+    _check_placement(placement)
     if n_text < 0:
         raise ValueError(f"n_text must be >= 0; got n_text={n_text}")
     assignment = torch.as_tensor(assignment, dtype=torch.long)
@@ -67,10 +66,16 @@ def _grouped_order_host(assignment: np.ndarray, n_text: int, placement: str) -> 
     loop over tokens.
     """
     m = assignment.shape[-1]
-    rows = np.ascontiguousarray(assignment.reshape(int(np.prod(assignment.shape[:-1])), m), dtype=np.int64)  # (R, M)
+    lead = assignment.shape[:-1]
+    rows = np.ascontiguousarray(assignment.reshape(int(np.prod(lead)), m), dtype=np.int64)  # (R, M)
     out = np.empty((rows.shape[0], m + n_text), dtype=np.int64)
     grouped_rows(rows, n_text, placement == "after", out)
-    return out.reshape(assignment.shape[:-1] + (m + n_text,))
+    return out.reshape(lead + (m + n_text,))
+
+
+def _check_placement(placement: str) -> None:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
 
 
 def _check_threshold(threshold: float) -> None:
@@ -155,8 +160,7 @@ def cosine_reorder(
         raise ValueError(
             f"batch sizes differ: image_embeds has B={image_embeds.shape[0]}, text_embeds B={text_embeds.shape[0]}"
         )
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
+    _check_placement(placement)
     assignment, _ = cosine_assignment(image_embeds, text_embeds, threshold, text_mask)
     return _grouped_order(assignment, text_embeds.shape[-2], placement)  # valid by construction
 
@@ -186,8 +190,7 @@ def cosine_reorder_loop(
     use :func:`cosine_reorder` in real code.
     """
     _check_threshold(threshold)
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
+    _check_placement(placement)
     m, n = image_embeds.shape[0], text_embeds.shape[0]
     unmatched: list[int] = []
     buckets: list[list[int]] = [[] for _ in range(n)]
