@@ -2,7 +2,7 @@
 
 Both decode the same 16 held-out ShapesVQA prompts greedily with the embedded base model
 (random weights of its architecture if the trained one is not cached; speed does not depend
-on the weights), through ``gpslib.evaluation.predict``: once with batch size 16 (left
+on the weights), through ``gpslib.generation.predict``: once with batch size 16 (left
 padding, one ``generate`` call) and once with batch size 1 (sixteen calls). Prints best-of
 wall times and the ratio, with one torch thread and with the default, and checks that both
 produce the same answers. Run:
@@ -21,7 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import best_time, thread_settings  # noqa: E402
 
-from gpslib.evaluation import predict  # noqa: E402
+from gpslib.generation import predict  # noqa: E402
+from gpslib.model import build_model, build_processor  # noqa: E402
+from gpslib.shapes_vqa import shapes_vqa  # noqa: E402
 
 
 def main() -> None:
@@ -33,16 +35,8 @@ def main() -> None:
     parser.add_argument("--reorder", default="none", help="none | cosine | gps | oracle")
     args = parser.parse_args()
 
-    from gpslib.model import build_model, build_processor, tiny_llava_config
-    from gpslib.reordering import ReorderingLlavaForConditionalGeneration, configure_reordering
-    from gpslib.shapes import shapes_vqa
-
     processor = build_processor("embedded")
-    model = ReorderingLlavaForConditionalGeneration(
-        configure_reordering(tiny_llava_config("embedded"), args.reorder))
-    model.load_state_dict(build_model("embedded", seed=0).state_dict(), strict=False)
-    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    model.eval()
+    model = build_model("embedded", seed=0, reorder=args.reorder)
     rows = shapes_vqa(args.batch, seed=0, split="test", image_size=model.config.vision_config.image_size)
 
     def run(batch_size: int):

@@ -1,8 +1,8 @@
-"""Real VQA data loaders, the chat format and the training/generation collator.
+"""Real VQA data loaders and the training/generation collator (paper Section 4.2).
 
 Every loader returns rows in the ``llava-instruct-mix-vsft`` schema
 (``messages`` with role/content parts, ``images`` a list of one image), the
-schema :func:`gpslib.shapes.shapes_vqa` also produces, so one collator serves
+schema :func:`gpslib.shapes_vqa.shapes_vqa` also produces, so one collator serves
 them all:
 
 * :func:`load_hub_vsft`: ``unsloth/llava-instruct-mix-vsft-mini`` by name
@@ -15,8 +15,7 @@ Rows without exactly one image, with an empty question or answer, or (150K)
 with a missing image file are skipped; each loader returns a
 :class:`LoadReport` with the counts and warns with the first few reasons.
 
-The format is the real model's: ``USER: <image>\\n{question} ASSISTANT: {answer}</s>``
-(further turns repeat ``USER: {question} ASSISTANT: {answer}</s>``).
+The conversation format is :mod:`gpslib.chat_format`'s.
 """
 
 from __future__ import annotations
@@ -33,61 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from gpslib.chat_format import IMAGE_TOKEN, conversation_text, first_turn, format_prompt
+from gpslib.shapes_vqa import object_patches
+
 __all__ = [
     "LoadReport",
-    "format_prompt",
-    "format_example",
-    "conversation_text",
-    "first_turn",
     "load_hub_vsft",
     "load_llava_instruct",
     "VQACollator",
 ]
 
 logger = logging.getLogger(__name__)
-IMAGE_TOKEN = "<image>"
 IGNORE_INDEX = -100
-
-
-# --------------------------------------------------------------------------- format
-def format_prompt(question: str) -> str:
-    """The real model's generation prompt: ``USER: <image>\\n{question} ASSISTANT:``."""
-    return f"USER: {IMAGE_TOKEN}\n{question} ASSISTANT:"
-
-
-def format_example(question: str, answer: str) -> str:
-    """The training text: ``USER: <image>\\n{question} ASSISTANT: {answer}</s>``."""
-    return f"{format_prompt(question)} {answer}</s>"
-
-
-def _text(message: dict[str, Any]) -> str:
-    return "".join(p.get("text") or "" for p in message["content"] if p.get("type") == "text").strip()
-
-
-def first_turn(messages: list[dict[str, Any]]) -> tuple[str, str]:
-    """(question, answer) of the first user/assistant exchange of a row's ``messages``."""
-    if len(messages) < 2 or messages[0]["role"] != "user" or messages[1]["role"] != "assistant":
-        raise ValueError(f"messages must start with a user then an assistant turn, got roles "
-                         f"{[m.get('role') for m in messages[:2]]}")
-    return _text(messages[0]), _text(messages[1])
-
-
-def conversation_text(messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
-    """The whole conversation as training text, and the ``[start, end)`` character spans of
-    the assistant answers (each including its ``</s>``), the only supervised characters."""
-    text, spans = "", []
-    for m in messages:
-        if m["role"] == "user":
-            n_images = sum(p.get("type") == "image" for p in m["content"])
-            text += "USER: " + f"{IMAGE_TOKEN}\n" * n_images + _text(m) + " "
-        elif m["role"] == "assistant":
-            text += "ASSISTANT: "
-            start = len(text)
-            text += _text(m) + "</s>"
-            spans.append((start, len(text)))
-        else:
-            raise ValueError(f"unknown role {m['role']!r}; valid roles are ['user', 'assistant']")
-    return text, spans
 
 
 # --------------------------------------------------------------------------- reports
@@ -236,7 +192,7 @@ class VQACollator:
     ``mode="train"``: the whole conversation (:func:`conversation_text`),
     right padded; ``labels`` copy ``input_ids`` on the answer tokens (with
     ``</s>``) and are -100 on prompt, image and padding tokens.
-    ``mode="generate"``: the first question's prompt (:func:`format_prompt`),
+    ``mode="generate"``: the first question's prompt (:func:`gpslib.chat_format.format_prompt`),
     left padded, no labels. Returns a dict of tensors:
 
     * ``input_ids`` (B, L) long, ``<image>`` expanded to the vision tower's count;
@@ -271,7 +227,7 @@ class VQACollator:
         if self.mode == "train":
             text, spans = conversation_text(messages)
         else:
-            text, spans = format_prompt(first_turn(messages)[0]), []
+            text, spans = conversation_text(messages[:1], add_generation_prompt=True)
         enc = self.tokenizer(text, return_offsets_mapping=True)
         ids, labels = [], []
         for tok, (s, e) in zip(enc["input_ids"], enc["offset_mapping"]):
@@ -334,8 +290,6 @@ class VQACollator:
         """
         if "objects" not in row or "mentions" not in row:
             raise ValueError("grounding needs rows with 'objects' and 'mentions' (ShapesVQA); this row has neither")
-        from gpslib.shapes import object_patches
-
         question = first_turn(row["messages"])[0]
         prompt = format_prompt(question)
         q_start = prompt.index(question)

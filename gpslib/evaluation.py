@@ -1,8 +1,8 @@
-"""Evaluating models: greedy answers, answer accuracy, the six metrics, intervals over seeds.
+"""Evaluating models (paper Section 4.4, Table 3): answer accuracy, the six metrics, intervals over seeds.
 
-:func:`predict` generates answers to held-out prompts in batches (left padded) and scores
-each against its short answer where the data has one (ShapesVQA); :func:`accuracy_table`
-groups that per question type beside chance (:data:`CHANCE`). :func:`evaluate_run` scores a finished :mod:`gpslib.finetune` run on held-out prompts:
+:func:`accuracy_table` groups the answers of :func:`gpslib.generation.predict` per question
+type beside chance (:data:`gpslib.shapes_vqa.CHANCE`); :func:`image_reliance` asks whether a
+model reads the image at all. :func:`evaluate_run` scores a finished :mod:`gpslib.finetune` run on held-out prompts:
 validation loss, the metrics of Table 3 (:func:`gpslib.metrics.compute_metrics`) and,
 where the data carries short answers (ShapesVQA), answer accuracy. Results are cached in
 the run directory (``eval.json``) so notebooks rerun cheaply. :func:`mean_ci` and
@@ -19,74 +19,16 @@ from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
+import torch
 
-from gpslib.publish import atomic_write_text
-from gpslib.shapes import COLOURS, NUMBERS, SHAPES, SHORT_ANSWER_TYPES, answer_correct
+from gpslib.atomic_files import atomic_write_text
+from gpslib.data import VQACollator
+from gpslib.finetune import FinetuneConfig, load_data, load_finetuned
+from gpslib.generation import predict
+from gpslib.metrics import compute_metrics, validation_loss
+from gpslib.shapes_vqa import CHANCE, SHORT_ANSWER_TYPES
 
-__all__ = ["CHANCE", "unwrap_model", "predict", "accuracy_table", "mean_ci", "paired_difference", "evaluate_run", "summarise_runs"]
-
-# Chance accuracy of a uniform guess over each question type's answer space:
-# 6 colours, 5 shapes, counts zero..four, a side offered by the question
-# (left/right or top/bottom), yes/no.
-CHANCE: dict[str, float] = {
-    "colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / len(NUMBERS),
-    "position": 1 / 2, "existence": 1 / 2, "relation": 1 / 2,
-}
-
-
-def unwrap_model(model):
-    """The transformers model inside a peft / DDP wrapper."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def predict(model, processor, dataset, batch_size: int = 32, max_new_tokens: int = 20) -> pd.DataFrame:
-    """Greedy answers to the first question of every row of ``dataset`` (left padded, batched).
-
-    Works for plain LLaVA (whose ``generate`` returns prompt + answer) and for
-    ``ReorderingLlavaForConditionalGeneration`` (which returns only the answer; an
-    ``"oracle"`` model gets the rows' grounding). Returns one row per sample:
-    ``question_type``, ``question``, ``answer`` (ground truth), ``short_answer``,
-    ``generated`` and ``correct`` (:func:`gpslib.shapes.answer_correct`; ``None`` where
-    the row has no short answer or its type has none).
-    """
-    import torch
-
-    from gpslib.data import VQACollator
-    from gpslib.reordering import ReorderingLlavaForConditionalGeneration
-
-    for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int; got {name}={value!r}")
-    inner = unwrap_model(model)
-    reordering = isinstance(inner, ReorderingLlavaForConditionalGeneration)
-    collate = VQACollator(processor, "generate", grounding=reordering and inner.config.reorder == "oracle")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    records = []
-    try:
-        for start in range(0, len(dataset), batch_size):
-            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            batch = {k: v.to(device) for k, v in collate(rows).items()}
-            batch["pixel_values"] = batch["pixel_values"].to(inner.dtype)
-            with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-            new = out if reordering else out[:, batch["input_ids"].shape[1]:]
-            texts = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-            for row, text in zip(rows, texts):
-                qtype, text = row.get("question_type"), text.strip()
-                short = row.get("short_answer")
-                records.append({
-                    "question_type": qtype, "question": row["messages"][0]["content"][1]["text"],
-                    "answer": row["messages"][1]["content"][0]["text"], "short_answer": short,
-                    "generated": text,
-                    "correct": answer_correct(text, short, qtype) if qtype in CHANCE and short else None,
-                })
-    finally:
-        model.train(was_training)
-    return pd.DataFrame(records)
+__all__ = ["accuracy_table", "image_reliance", "mean_ci", "paired_difference", "evaluate_run", "summarise_runs"]
 
 
 def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -108,6 +50,33 @@ def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "accuracy", "chance"])
     table.index.name = "question_type"
     return table
+
+
+def image_reliance(model, processor, dataset, batch_size: int = 32, seed: int = 0) -> dict[str, float]:
+    """Answer-token loss of ``dataset`` with its own images and with images shuffled across rows.
+
+    Returns ``{"loss": ..., "shuffled_loss": ..., "gap": shuffled - own}``. A gap
+    near zero means the model answers from the question alone (a language prior)
+    and does not read the image. Batches are shuffled within themselves, so
+    ``batch_size`` must be at least 2.
+    """
+    if not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"batch_size must be an int >= 2; got batch_size={batch_size!r}")
+    collate = VQACollator(processor, "train")
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    own = shuffled = 0.0
+    n = 0
+    for start in range(0, len(dataset), batch_size):
+        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]).items()}
+        order = torch.randperm(len(batch["input_ids"]), generator=gen)
+        perm = torch.empty_like(order)
+        perm[order] = order.roll(1)  # every row gets another row's image (a single row keeps its own)
+        with torch.no_grad():
+            own += float(model(**batch).loss) * len(perm)
+            shuffled += float(model(**dict(batch, pixel_values=batch["pixel_values"][perm.to(device)])).loss) * len(perm)
+        n += len(perm)
+    return {"loss": own / n, "shuffled_loss": shuffled / n, "gap": (shuffled - own) / n}
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -141,12 +110,6 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int | None = None, bat
     ``num_samples``: how many held-out prompts to generate answers for (default: the
     run's ``gen_samples``). Returns ``{"metrics": {...}, "predictions": [...]}``.
     """
-    import torch
-
-    from gpslib.data import VQACollator
-    from gpslib.finetune import FinetuneConfig, load_data, load_finetuned
-    from gpslib.metrics import compute_metrics, validation_loss
-
     run_dir = Path(run_dir)
     cache = run_dir / "eval.json"
     config = FinetuneConfig(**json.loads((run_dir / "config.json").read_text())["settings"])

@@ -9,8 +9,9 @@ evaluation every epoch). On CUDA it uses fp16 and ``paged_adamw_8bit`` as the pa
 on the CPU fp32 and ``adamw_torch``; the run records which. Every epoch it logs the
 validation loss and the paper's BLEU on generated answers; early stopping on the
 validation loss keeps the best checkpoint. With ``"gps"`` the Sinkformer trains fully
-beside LoRA, its temperature annealed 2.0 -> 0.1 (cosine) and hard (straight-through)
-after half the steps, as in the paper's GPS experiment.
+beside LoRA, its temperature annealed and made hard (straight-through) on the schedule of
+its :class:`gpslib.gps.GPSSettings` (the paper's GPS experiment: tau 2.0 -> 0.1, cosine,
+hard after half the steps).
 
 A run directory holds ``config.json`` (settings, device, precision, optimizer),
 ``epochs.json`` (train loss, validation loss, BLEU per epoch), ``checkpoints/`` (for
@@ -25,19 +26,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from gpslib.profiles import check_profile, profile_settings
-from gpslib.publish import atomic_write_text
-from gpslib.reordering import STRATEGIES
+from gpslib.atomic_files import atomic_write_text
+from gpslib.data import VQACollator, load_hub_vsft
+from gpslib.generation import predict, unwrap_model
+from gpslib.metrics import paper_bleu
+from gpslib.model import load_model
+from gpslib.pretrain import base_model_dir
+from gpslib.provenance import code_fingerprint, settings_hash
+from gpslib.reordering_config import REORDERING_FIELDS, STRATEGIES, ReorderingLlavaConfig, check_reordering_settings
+from gpslib.run_profiles import check_profile, profile_settings
+from gpslib.runtime import seed_everything
+from gpslib.shapes_vqa import shapes_vqa
 from gpslib.sinkhorn import tau_schedule
 
 __all__ = [
@@ -49,8 +62,12 @@ __all__ = [
     "finetune",
     "load_finetuned",
     "base_model_source",
+    "run_dir_for",
+    "EMBEDDED_NAME",
     "main",
 ]
+
+EMBEDDED_NAME = "gpslib/embedded"  # FinetuneConfig.model: the embedded base model of ``model_profile``
 
 # The language model's projections only: the vision tower's q/k/v/out_proj never match.
 LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
@@ -60,16 +77,20 @@ LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj
 class FinetuneConfig:
     """Everything that defines a run (stored as the run's ``config.json``)."""
 
-    model: str = "gpslib/embedded"
+    model: str = EMBEDDED_NAME
     model_profile: str = "cpu"  # which embedded base model (see gpslib.pretrain)
     data: str = "shapes"  # "shapes", a hub id, or a local hub-layout directory
     train_samples: int = 1000
     eval_samples: int = 100
     gen_samples: int = 100
-    reorder: str = "none"
-    threshold: float = 0.1
-    placement: str = "before"
-    gps: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # the reordering settings: fields of ReorderingLlavaConfig, with its defaults
+    reorder: str = ReorderingLlavaConfig.reorder
+    threshold: float = ReorderingLlavaConfig.threshold
+    placement: str = ReorderingLlavaConfig.placement
+    gps: dict[str, Any] = dataclasses.field(default_factory=dict)  # GPSSettings fields to override
+    position_gap: int = ReorderingLlavaConfig.position_gap
+    position_scheme: str = ReorderingLlavaConfig.position_scheme
+    v2pe_delta: float | None = ReorderingLlavaConfig.v2pe_delta
     epochs: int = 1
     lora_r: int = 8
     lora_alpha: int = 16
@@ -84,8 +105,7 @@ class FinetuneConfig:
 
     def validate(self) -> "FinetuneConfig":
         """Raise ValueError naming the first bad setting; returns self."""
-        if self.reorder not in STRATEGIES:
-            raise ValueError(f"reorder must be one of {STRATEGIES}; got reorder={self.reorder!r}")
+        check_reordering_settings(**self.reordering_settings)
         for name in ("train_samples", "eval_samples", "gen_samples", "epochs", "lora_r", "batch_size",
                      "grad_accum", "max_new_tokens"):
             value = getattr(self, name)
@@ -100,6 +120,11 @@ class FinetuneConfig:
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             raise ValueError(f"early_stopping_patience must be >= 1 or None; got {self.early_stopping_patience}")
         return self
+
+    @property
+    def reordering_settings(self) -> dict[str, Any]:
+        """The run's fields of :class:`gpslib.reordering_config.ReorderingLlavaConfig`."""
+        return {name: getattr(self, name) for name in REORDERING_FIELDS if hasattr(self, name)}
 
 
 # keys of the "finetune" profile section that steer the notebooks, not one run
@@ -116,10 +141,20 @@ def config_for_profile(profile: str, **overrides) -> FinetuneConfig:
     return FinetuneConfig(**settings).validate()
 
 
+def run_dir_for(config: FinetuneConfig, root: str | os.PathLike, name: str) -> Path:
+    """``root / f"{name}-{key}"``, where ``key`` hashes the run's settings and the code that trains it.
+
+    A run directory is reused when its run finished (and resumed when it did not), so its
+    name carries everything that determines the result: changed settings or changed code
+    (:mod:`gpslib.finetune` or any gpslib module it imports) get a new directory instead of
+    a stale run. The base model is checked separately by its weights' fingerprint.
+    """
+    key = settings_hash({"settings": dataclasses.asdict(config.validate()), "code": code_fingerprint("gpslib.finetune")})
+    return Path(root) / f"{name}-{key[:10]}"
+
+
 def lora_config(config: FinetuneConfig):
     """peft ``LoraConfig`` of Table 1; with ``"gps"`` the Sinkformer is fully trainable."""
-    from peft import LoraConfig
-
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
@@ -133,11 +168,7 @@ def lora_config(config: FinetuneConfig):
 def load_data(config: FinetuneConfig, split: str, num_samples: int, image_size: int):
     """Rows in the llava-instruct-mix-vsft schema: ShapesVQA, or the hub set (a name or a local dir)."""
     if config.data == "shapes":
-        from gpslib.shapes import shapes_vqa
-
         return shapes_vqa(num_samples, seed=0, split=split, image_size=image_size)
-    from gpslib.data import load_hub_vsft
-
     ds, _ = load_hub_vsft(config.data, split=split, max_rows=num_samples)
     return ds
 
@@ -155,14 +186,8 @@ def base_model_source(config: FinetuneConfig) -> tuple[str, str]:
     source string), so an adapter is never evaluated on weights it was not trained on,
     e.g. after ``GPSLIB_CACHE`` pointed elsewhere or the base model was retrained.
     """
-    import hashlib
-
-    from gpslib.model import EMBEDDED_NAME
-
     source = config.model
     if source == EMBEDDED_NAME:
-        from gpslib.pretrain import base_model_dir
-
         source = base_model_dir(config.model_profile, progress=False)
     weights = Path(source) / "model.safetensors"
     if weights.is_file():
@@ -172,10 +197,7 @@ def base_model_source(config: FinetuneConfig) -> tuple[str, str]:
 
 def _load_base(config: FinetuneConfig, source: str):
     """The base model at ``source`` as a reordering model with the run's strategy, and its processor."""
-    from gpslib.model import load_model
-
-    return load_model(source, reorder=config.reorder, threshold=config.threshold, placement=config.placement,
-                      gps=config.gps)
+    return load_model(source, **config.reordering_settings)
 
 
 def _epoch_records(log_history: list[dict[str, Any]], bleu: dict[int, float]) -> list[dict[str, Any]]:
@@ -196,18 +218,14 @@ def _epoch_records(log_history: list[dict[str, Any]], bleu: dict[int, float]) ->
 
 
 def _callbacks(config: FinetuneConfig, run_dir: Path, processor, gen_rows, progress: bool):
-    from transformers import EarlyStoppingCallback, TrainerCallback
-
-    from gpslib.evaluation import predict, unwrap_model
-    from gpslib.metrics import paper_bleu
-
     class GPSTemperature(TrainerCallback):
-        """tau cosine 2.0 -> 0.1 over the run; hard (straight-through) after half the steps."""
+        """GPS's schedule (:class:`gpslib.gps.GPSSettings`): tau annealed over the run, hard from ``hard_after``."""
 
         def on_step_begin(self, args, state, control, model=None, **kwargs):
             base = unwrap_model(model)
-            base.gps_tau = tau_schedule(state.global_step, max(1, state.max_steps), 2.0, 0.1)
-            base.gps_hard = state.global_step >= state.max_steps // 2
+            gps = base.config.gps_settings
+            base.gps_tau = tau_schedule(state.global_step, max(1, state.max_steps), gps.tau_start, gps.tau_end)
+            base.gps_hard = state.global_step >= state.max_steps * gps.hard_after
 
     class EpochMetrics(TrainerCallback):
         """After each evaluation: BLEU on generated answers; epochs.json rewritten atomically."""
@@ -240,12 +258,6 @@ def _callbacks(config: FinetuneConfig, run_dir: Path, processor, gen_rows, progr
 
 def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
     """Fine-tune one run into ``run_dir`` (resuming or skipping a finished one); returns epochs.json as a table."""
-    from peft import get_peft_model
-    from transformers import Trainer, TrainingArguments
-
-    from gpslib.data import VQACollator
-    from gpslib.runtime import seed_everything
-
     config.validate()
     run_dir = Path(run_dir)
     source, fingerprint = base_model_source(config)
@@ -319,8 +331,6 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
         callbacks=_callbacks(config, run_dir, processor, gen_rows, progress),
     )
     if not progress:  # the Trainer prints every log dict (with timings) when its bars are off
-        from transformers import PrinterCallback
-
         trainer.remove_callback(PrinterCallback)
     resume = any((run_dir / "checkpoints").glob("checkpoint-*"))
     trainer.train(resume_from_checkpoint=True if resume else None)
@@ -329,8 +339,6 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
         trainer.model.save_pretrained(adapter_tmp)
         processor.save_pretrained(adapter_tmp)
         if (run_dir / "adapter").exists():
-            import shutil
-
             shutil.rmtree(run_dir / "adapter")
         os.replace(adapter_tmp, run_dir / "adapter")
         atomic_write_text(run_dir / "log_history.json", json.dumps(trainer.state.log_history, indent=1))
@@ -345,8 +353,6 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
 
 def load_finetuned(run_dir: str | os.PathLike):
     """(model, processor) of a finished run: its base model with the best adapter, eval mode."""
-    from peft import PeftModel
-
     run_dir = Path(run_dir)
     if not (run_dir / "done.json").exists():
         raise FileNotFoundError(f"{run_dir} holds no finished run (no done.json); run finetune first")

@@ -4,7 +4,12 @@ A stack of single-head transformer blocks over the tokens; the last block's
 attention scores ``S = Q K^T / sqrt(D) + alpha * I`` plus Gumbel noise, divided by
 ``tau``, go through Sinkhorn to a soft permutation ``P`` (B, N, N), optionally made
 hard with a straight-through estimator. ``P @ tokens`` reorders the tokens
-(DESIGN.md, "One permutation convention").
+(the convention of :mod:`gpslib.sinkhorn`).
+
+:class:`GPSSettings` holds every setting of GPS and of its training schedule with its one
+default (the paper's and the authors' code's values): the model config
+(:class:`gpslib.reordering_config.ReorderingLlavaConfig`), the fine-tuning loop and the
+permutation-learning experiment all read them from there.
 
 Only the last block's scores reach ``P``: in Algorithm 2 (and the authors' code) the
 last block also computes V, a feed-forward layer and two LayerNorms whose outputs
@@ -15,14 +20,77 @@ the first ``num_layers - 1`` blocks are full blocks.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import nn
 
-from gpslib.sinkhorn import gumbel_noise, hard_permutation, sinkhorn, sinkhorn_clamped_authors
+from gpslib.comparison_only import sinkhorn_clamped_authors
+from gpslib.sinkhorn import HARD_METHODS, gumbel_noise, hard_permutation, sinkhorn
 
-__all__ = ["GPSBlock", "GPSScoreHead", "GumbelPermutationSinkformer"]
+__all__ = ["SINKHORN_IMPLS", "GPSSettings", "GPSBlock", "GPSScoreHead", "GumbelPermutationSinkformer"]
+
+SINKHORN_IMPLS = ("ours", "authors")
+
+
+@dataclasses.dataclass(frozen=True)
+class GPSSettings:
+    """GPS and its training schedule (paper Section 3.2 and 4.5; the authors' code).
+
+    Architecture: ``num_layers`` blocks (the last is the score head), ``ffn_dim`` (None:
+    4 x the token width; the paper uses 8192 at width 2048), ``sinkhorn_iters``, the identity
+    scale ``alpha``, the Gumbel ``noise_scale`` (0 = none), ``sinkhorn_impl`` (``"ours"``,
+    or ``"authors"`` for the ablation) and ``hard_method`` (:data:`gpslib.sinkhorn.HARD_METHODS`).
+    Schedule: tau anneals from ``tau_start`` to ``tau_end`` (cosine,
+    :func:`gpslib.sinkhorn.tau_schedule`); the straight-through hard permutation is used
+    from the fraction ``hard_after`` of the steps on. Raises ValueError naming a bad value.
+    """
+
+    num_layers: int = 4
+    ffn_dim: int | None = None
+    sinkhorn_iters: int = 50
+    alpha: float = 0.5
+    noise_scale: float = 1.0
+    sinkhorn_impl: str = "ours"
+    hard_method: str = "hungarian"
+    tau_start: float = 2.0
+    tau_end: float = 0.1
+    hard_after: float = 0.5
+
+    def __post_init__(self):
+        for name in ("num_layers", "sinkhorn_iters"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"GPS {name} must be an int >= 1; got {name}={value!r}")
+        if self.ffn_dim is not None and (not isinstance(self.ffn_dim, int) or self.ffn_dim < 1):
+            raise ValueError(f"GPS ffn_dim must be None or an int >= 1; got ffn_dim={self.ffn_dim!r}")
+        if not (isinstance(self.noise_scale, (int, float)) and self.noise_scale >= 0):
+            raise ValueError(f"GPS noise_scale must be >= 0; got noise_scale={self.noise_scale!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)):
+            raise ValueError(f"GPS alpha must be a finite number; got alpha={self.alpha!r}")
+        if self.sinkhorn_impl not in SINKHORN_IMPLS:
+            raise ValueError(f"GPS sinkhorn_impl must be one of {SINKHORN_IMPLS}; got {self.sinkhorn_impl!r}")
+        if self.hard_method not in HARD_METHODS:
+            raise ValueError(f"GPS hard_method must be one of {HARD_METHODS}; got {self.hard_method!r}")
+        for name in ("tau_start", "tau_end"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"GPS {name} must be a finite number > 0; got {name}={value!r}")
+        if not (isinstance(self.hard_after, (int, float)) and 0 <= self.hard_after <= 1):
+            raise ValueError(f"GPS hard_after must lie in [0, 1]; got hard_after={self.hard_after!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "GPSSettings":
+        """Settings from a dict (e.g. a saved config's ``gps``); raises ValueError naming unknown keys."""
+        values = dict(values or {})
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown GPS settings {unknown}; valid ones are {[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def _key_bias(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | float:
@@ -74,46 +142,21 @@ class GumbelPermutationSinkformer(nn.Module):
 
     Args:
         dim: token width D.
-        num_layers: number of blocks L (>= 1); the last is the Q/K score head.
-        ffn_dim: feed-forward width (default 4 * dim; the paper uses 8192 at D = 2048).
-        sinkhorn_iters: Sinkhorn iterations T.
-        alpha: identity scale added to the scores (residual permutation).
+        settings: the architecture (:class:`GPSSettings`: ``num_layers`` blocks, the last
+            the Q/K score head; ``ffn_dim``; ``sinkhorn_iters``; ``alpha``, the identity
+            scale of the residual permutation; ``noise_scale``; ``sinkhorn_impl``;
+            ``hard_method``). Its schedule fields are read by the training loops, not here.
         dropout: dropout on attention weights, residuals and inside the FFN.
-        noise_scale: Gumbel noise factor (Mena et al. 2018); 0 = deterministic.
-        sinkhorn_impl: ``"ours"`` (log domain) or ``"authors"`` (clamped, comparison only).
-        memory_efficient: Sinkhorn backward storing only the normaliser vectors.
-        hard_method: ``"hungarian"``, ``"argmax"`` (authors) or ``"auto"``.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_layers: int = 4,
-        ffn_dim: int | None = None,
-        sinkhorn_iters: int = 50,
-        alpha: float = 0.5,
-        dropout: float = 0.0,
-        noise_scale: float = 1.0,
-        sinkhorn_impl: str = "ours",
-        memory_efficient: bool = False,
-        hard_method: str = "hungarian",
-    ):
+    def __init__(self, dim: int, settings: GPSSettings | None = None, dropout: float = 0.0):
         super().__init__()
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be an int >= 1; got {num_layers!r}")
-        if not isinstance(sinkhorn_iters, int) or sinkhorn_iters < 1:
-            raise ValueError(f"sinkhorn_iters must be an int >= 1; got {sinkhorn_iters!r}")
-        if sinkhorn_impl not in ("ours", "authors"):
-            raise ValueError(f"sinkhorn_impl must be 'ours' or 'authors'; got {sinkhorn_impl!r}")
-        if hard_method not in ("hungarian", "argmax", "auto"):
-            raise ValueError(f"hard_method must be 'hungarian', 'argmax' or 'auto'; got {hard_method!r}")
-        if not noise_scale >= 0:
-            raise ValueError(f"noise_scale must be >= 0; got {noise_scale!r}")
-        ffn_dim = 4 * dim if ffn_dim is None else ffn_dim
-        self.dim, self.alpha, self.noise_scale = dim, alpha, noise_scale
-        self.sinkhorn_iters, self.sinkhorn_impl = sinkhorn_iters, sinkhorn_impl
-        self.memory_efficient, self.hard_method = memory_efficient, hard_method
-        self.blocks = nn.ModuleList([GPSBlock(dim, ffn_dim, dropout) for _ in range(num_layers - 1)])
+        if not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"dim must be an int >= 1; got dim={dim!r}")
+        self.settings = settings = settings if settings is not None else GPSSettings()
+        ffn_dim = 4 * dim if settings.ffn_dim is None else settings.ffn_dim
+        self.dim = dim
+        self.blocks = nn.ModuleList([GPSBlock(dim, ffn_dim, dropout) for _ in range(settings.num_layers - 1)])
         self.head = GPSScoreHead(dim)
         self.apply(self._init_weights)
 
@@ -131,7 +174,7 @@ class GumbelPermutationSinkformer(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         eye = torch.eye(x.shape[1], dtype=x.dtype, device=x.device)  # (N, N)
-        return self.head(x) + self.alpha * eye  # (B, N, N)
+        return self.head(x) + self.settings.alpha * eye  # (B, N, N)
 
     def forward(
         self,
@@ -150,16 +193,16 @@ class GumbelPermutationSinkformer(nn.Module):
         if not tau > 0:
             raise ValueError(f"tau must be > 0; got {tau!r}")
         s = self.scores(x, mask)  # (B, N, N)
-        if noise and self.noise_scale > 0:
-            s = s + gumbel_noise(s.shape, generator, s.device, s.dtype, self.noise_scale)
+        cfg = self.settings
+        if noise and cfg.noise_scale > 0:
+            s = s + gumbel_noise(s.shape, generator, s.device, s.dtype, cfg.noise_scale)
         log_alpha = s / tau  # (B, N, N)
-        if self.sinkhorn_impl == "authors":
+        if cfg.sinkhorn_impl == "authors":
             if mask is not None:
                 raise ValueError("mask is not supported with sinkhorn_impl='authors'")
-            P = sinkhorn_clamped_authors(log_alpha, n_iters=self.sinkhorn_iters)
+            P = sinkhorn_clamped_authors(log_alpha, n_iters=cfg.sinkhorn_iters)
         else:
-            P = sinkhorn(log_alpha, n_iters=self.sinkhorn_iters, mask=mask,
-                         memory_efficient=self.memory_efficient)
+            P = sinkhorn(log_alpha, n_iters=cfg.sinkhorn_iters, mask=mask)
         if hard:
-            P = hard_permutation(P, method=self.hard_method)
+            P = hard_permutation(P, method=cfg.hard_method)
         return P

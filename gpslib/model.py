@@ -4,7 +4,7 @@ Every model here is transformers' ``LlavaForConditionalGeneration`` with the
 real model's architecture (``bczhou/tiny-llava-v1-hf``): a CLIP vision tower
 read at ``vision_feature_layer=-2`` with the ``"default"`` strategy (CLS
 dropped), a 2-layer gelu projector, and a LLaMA decoder with grouped-query
-attention. Three sizes (:data:`SIZES`):
+attention. Three sizes (:data:`MODEL_SIZES`):
 
 * ``"embedded"``: pretrained here on ShapesVQA (64 px, patch 16 -> 16 image tokens);
 * ``"test"``: random weights, seconds per forward, for unit tests (16 image tokens);
@@ -12,38 +12,37 @@ attention. Three sizes (:data:`SIZES`):
   ``<image>`` 32000, ``<pad>`` 32001, 336 px, patch 14 -> 576 image tokens)
   with tiny hidden sizes and random weights: the stand-in for the hub path.
 
-:func:`load_model` is the one entry point for a trained model: a hub id, a
-local directory, or :data:`EMBEDDED_NAME` (read from the cache, see
-:func:`embedded_cache_dir`).
+:func:`load_model` is the one entry point for a trained model: a hub id or a
+local directory (the embedded base model's directory comes from
+:func:`gpslib.pretrain.base_model_dir`), plain or as a
+:class:`gpslib.reordering.ReorderingLlavaForConditionalGeneration` with its settings.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+from gpslib.chat_format import assistant_separator_ids
 from gpslib.processor import build_image_processor, make_llava_processor, num_image_tokens, train_tokenizer
+from gpslib.reordering import ReorderingLlavaForConditionalGeneration
+from gpslib.reordering_config import ReorderingLlavaConfig, reordering_config
 
 __all__ = [
-    "SIZES",
-    "EMBEDDED_NAME",
+    "MODEL_SIZES",
     "tiny_llava_config",
     "build_processor",
     "build_model",
-    "embedded_cache_dir",
     "load_model",
     "fix_processor",
-    "ReorderingLlavaForConditionalGeneration",
 ]
-
-EMBEDDED_NAME = "gpslib/embedded"
 
 # size -> geometry and widths. base_vocab: tokenizer pieces before <image>, <pad>;
 # the model's vocabulary is padded to a multiple of 64 as the real one (32002 -> 32064).
-SIZES: dict[str, dict[str, Any]] = {
+MODEL_SIZES: dict[str, dict[str, Any]] = {
     # embedded: sized so gpslib.pretrain reaches its accuracy goal in minutes on 2 cores
     # (64 px, patch 16: one patch per cell of ShapesVQA's 4 x 4 grid, 16 image tokens).
     "embedded": dict(image_size=64, patch_size=16, base_vocab=768,
@@ -62,20 +61,18 @@ SIZES: dict[str, dict[str, Any]] = {
 
 
 def _spec(size: str) -> dict[str, Any]:
-    if size not in SIZES:
-        raise ValueError(f"unknown model size {size!r}; valid sizes are {list(SIZES)}")
-    return SIZES[size]
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; valid sizes are {list(MODEL_SIZES)}")
+    return MODEL_SIZES[size]
 
 
 def tiny_llava_config(size: str = "embedded"):
-    """A ``LlavaConfig`` of the real architecture at ``size`` (one of :data:`SIZES`).
+    """A ``LlavaConfig`` of the real architecture at ``size`` (one of :data:`MODEL_SIZES`).
 
     ``image_token_index`` is the tokenizer's ``<image>`` id (``base_vocab``),
     ``pad_token_id`` the next, bos 1, eos 2, ``image_seq_length`` the number
     of image tokens, ``(image_size // patch_size) ** 2``.
     """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
-
     s = _spec(size)
     base = s["base_vocab"]
     vision = CLIPVisionConfig(image_size=s["image_size"], patch_size=s["patch_size"], hidden_act="quick_gelu",
@@ -96,11 +93,15 @@ def build_processor(size: str = "embedded"):
     return make_llava_processor(tok, build_image_processor(s["image_size"]), s["patch_size"])
 
 
-def build_model(size: str = "embedded", seed: int = 0):
-    """A randomly initialised ``LlavaForConditionalGeneration`` of ``size``, seeded (fp32, eval mode)."""
-    import torch
-    from transformers import LlavaForConditionalGeneration
+def build_model(size: str = "embedded", seed: int = 0, **reordering):
+    """A randomly initialised model of ``size``, seeded (fp32, eval mode).
 
+    Plain ``LlavaForConditionalGeneration``; with reordering settings (fields of
+    :class:`gpslib.reordering_config.ReorderingLlavaConfig`, e.g. ``reorder="cosine"``), a
+    :class:`~gpslib.reordering.ReorderingLlavaForConditionalGeneration` whose shared weights are
+    those of the plain model of the same seed, and whose assistant separator comes from the
+    size's tokenizer.
+    """
     config = tiny_llava_config(size)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -109,32 +110,15 @@ def build_model(size: str = "embedded", seed: int = 0):
     finally:
         torch.random.set_rng_state(state)
     model.generation_config.pad_token_id = config.text_config.pad_token_id
+    if reordering:
+        reordering.setdefault("assistant_separator_ids", assistant_separator_ids(build_processor(size).tokenizer))
+        plain = model
+        model = ReorderingLlavaForConditionalGeneration(reordering_config(config, **reordering))
+        missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("reorder_gps.") for k in missing):
+            raise RuntimeError(f"weights do not match the plain model: missing {missing}, unexpected {unexpected}")
+        model.generation_config.pad_token_id = config.text_config.pad_token_id
     return model.eval()
-
-
-def embedded_cache_dir(seed: int = 0, root: str | os.PathLike | None = None,
-                       settings: dict[str, Any] | None = None) -> Path:
-    """Where a pretrained base model lives: ``$GPSLIB_CACHE/<size>-<hash>-seed<seed>``.
-
-    ``root`` defaults to the ``GPSLIB_CACHE`` environment variable, else
-    ``~/.cache/gpslib``. ``settings`` are the training settings of
-    :mod:`gpslib.pretrain` (keys starting with ``eval_`` are ignored); the
-    default is the ``cpu`` profile's ``"pretrain"`` block, the model that
-    ``load_model(EMBEDDED_NAME)`` reads. The hash covers the size's entry of
-    :data:`SIZES` and those settings, so a changed architecture or training
-    recipe never reuses a stale model, and the smoke model never shadows the
-    cpu one.
-    """
-    from gpslib.profiles import profile_settings
-
-    if settings is None:
-        settings = profile_settings("pretrain", "cpu")
-    train = {k: v for k, v in sorted(settings.items()) if not k.startswith("eval_")}
-    size = train.get("size", "embedded")
-    root = Path(root or os.environ.get("GPSLIB_CACHE") or Path.home() / ".cache" / "gpslib").expanduser()
-    key = json.dumps({"spec": _spec(size), "train": train}, sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return root / f"{size}-{digest}-seed{seed}"
 
 
 def fix_processor(processor, config):
@@ -160,53 +144,31 @@ def fix_processor(processor, config):
     return processor
 
 
-def __getattr__(name: str):
-    # ReorderingLlavaForConditionalGeneration lives in gpslib.reordering (one concept per
-    # module); it is importable from here too, lazily, so importing this module stays cheap.
-    if name == "ReorderingLlavaForConditionalGeneration":
-        from gpslib.reordering import ReorderingLlavaForConditionalGeneration
+def load_model(name_or_path: str | os.PathLike, dtype=None, device=None, cache_dir=None, **reordering):
+    """Load ``(model, processor)`` from a hub id or a local directory (eval mode).
 
-        return ReorderingLlavaForConditionalGeneration
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def load_model(name_or_path: str | os.PathLike, dtype=None, device=None, cache_dir=None, seed: int = 0,
-               reorder: str | None = None, **reorder_settings):
-    """Load ``(model, processor)`` from a hub id, a local directory or :data:`EMBEDDED_NAME`.
-
-    ``dtype``: a torch dtype (default fp32); ``device``: where to move the
-    model; ``cache_dir``: the Hugging Face cache to read hub ids from;
-    ``seed``: which pretrained embedded model. The embedded model is read
-    from :func:`embedded_cache_dir`; when absent a FileNotFoundError says how
-    to build it. The processor is passed through :func:`fix_processor`.
-    ``reorder`` (and ``threshold``, ``placement``, ``gps`` in
-    ``reorder_settings``, see :func:`gpslib.reordering.configure_reordering`)
-    loads the weights into a ``ReorderingLlavaForConditionalGeneration``; a
-    saved reordering model comes back as one with its own settings.
-    The model is returned in eval mode.
+    ``dtype``: a torch dtype (default fp32); ``device``: where to move the model;
+    ``cache_dir``: the Hugging Face cache to read hub ids from. The processor is passed
+    through :func:`fix_processor`. Reordering settings (``reorder=``, ``threshold=``,
+    ``placement=``, ``gps=``, ``position_gap=``, ``position_scheme=``, ``v2pe_delta=``: the
+    fields of :class:`gpslib.reordering_config.ReorderingLlavaConfig`) load the weights into a
+    ``ReorderingLlavaForConditionalGeneration``; a saved reordering model comes back as one with
+    its own settings (those given here override them). The assistant separator is read off
+    the processor's tokenizer.
     """
-    import torch
-    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-
     source = str(name_or_path)
-    if source == EMBEDDED_NAME:
-        path = embedded_cache_dir(seed)
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(
-                f"the embedded base model (seed {seed}) is not in {path}; build it with "
-                f"`python -m gpslib.pretrain --seed {seed}` (GPSLIB_CACHE sets the cache root)")
-        source = str(path)
-    config = LlavaConfig.from_pretrained(source, cache_dir=cache_dir)
-    if reorder is not None or reorder_settings or getattr(config, "reorder", None) is not None:
-        from gpslib.reordering import ReorderingLlavaForConditionalGeneration, configure_reordering
-
-        configure_reordering(config, reorder=reorder, **reorder_settings)
+    config = AutoConfig.from_pretrained(source, cache_dir=cache_dir)
+    processor = LlavaProcessor.from_pretrained(source, cache_dir=cache_dir)
+    if reordering or isinstance(config, ReorderingLlavaConfig):
+        if getattr(config, "assistant_separator_ids", None) is None:
+            reordering.setdefault("assistant_separator_ids", assistant_separator_ids(processor.tokenizer))
+        config = reordering_config(config, **reordering)
         model = ReorderingLlavaForConditionalGeneration.from_pretrained(
             source, config=config, dtype=dtype or torch.float32, cache_dir=cache_dir)
     else:
         model = LlavaForConditionalGeneration.from_pretrained(
             source, config=config, dtype=dtype or torch.float32, cache_dir=cache_dir)
-    processor = fix_processor(LlavaProcessor.from_pretrained(source, cache_dir=cache_dir), model.config)
+    processor = fix_processor(processor, model.config)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     if device is not None:

@@ -4,9 +4,9 @@ The paper trains GPS to output a random target permutation and reports 100% accu
 within a few steps. In the authors' code that is one fixed batch of random tokens and
 one fixed target per batch element, i.e. memorisation. :func:`run_permutation_learning`
 reproduces that run with the authors' settings (loss = MSE + cross-entropy + 0.01 *
-row entropy; AdamW lr 1e-4, wd 1e-5, cosine LR; grad-norm clip 0.5; hard after half
-the steps; tau 2.0 -> 0.1; alpha 0.5; batch 4) and adds switches for the ablations and
-two generalisation tasks the paper did not test:
+row entropy; AdamW lr 1e-4, wd 1e-5, cosine LR; grad-norm clip 0.5; batch 4; GPS and its
+tau / hard schedule as :class:`gpslib.gps.GPSSettings` holds them) and adds switches for
+the ablations and two generalisation tasks the paper did not test:
 
 * ``task="fixed_batch"``: the paper's run (memorise one batch);
 * ``task="fixed_perm_fresh_tokens"``: one fixed target order, fresh random tokens every step;
@@ -15,8 +15,8 @@ two generalisation tasks the paper did not test:
 
 The two generalisation tasks add a fixed sinusoidal position code to the tokens: GPS has
 no positions of its own and is permutation-equivariant, so without one no target tied to
-positions can be expressed. Targets follow DESIGN.md's convention: ``target[b, j,
-order[b, j]] = 1``, ``reordered = target @ tokens``.
+positions can be expressed. Targets follow :mod:`gpslib.sinkhorn`'s convention:
+``target[b, j, order[b, j]] = 1``, ``reordered = target @ tokens``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gpslib.gps import GumbelPermutationSinkformer
+from gpslib.gps import GPSSettings, GumbelPermutationSinkformer
 from gpslib.sinkhorn import hard_permutation, order_to_perm_matrix, row_error, tau_schedule
 
 __all__ = [
@@ -111,16 +111,17 @@ def make_batch(task: str, batch_size: int, n_tokens: int, dim: int, generator: t
 
 
 def run_permutation_learning(
-    n_tokens: int = 800, dim: int = 2048, ffn_dim: int = 8192, num_layers: int = 4,
+    n_tokens: int = 800, dim: int = 2048, gps: GPSSettings | dict | None = None,
     steps: int = 1000, batch_size: int = 4, lr: float = 1e-4, weight_decay: float = 1e-5,
-    grad_clip: float = 0.5, tau_start: float = 2.0, tau_end: float = 0.1, alpha: float = 0.5,
-    sinkhorn_iters: int = 50, hard_after: float = 0.5, hard_method: str = "hungarian",
-    sinkhorn_impl: str = "ours", memory_efficient: bool = False, mse_weight: float = 1.0,
-    ce_weight: float = 1.0, entropy_weight: float = 0.01, noise: bool = True,
+    grad_clip: float = 0.5, mse_weight: float = 1.0, ce_weight: float = 1.0, entropy_weight: float = 0.01,
     task: str = "fixed_batch", eval_every: int | None = None, n_eval: int = 64, seed: int = 0,
     device: str | torch.device = "cpu", progress: bool = True,
 ) -> pd.DataFrame:
     """Train GPS on ``task`` and return its history, one row per step.
+
+    ``gps``: the Sinkformer and its schedule (:class:`gpslib.gps.GPSSettings` or a dict of
+    its fields; the defaults are the paper's: 4 blocks, FFN 4 x dim = 8192 at dim 2048,
+    alpha 0.5, 50 Sinkhorn iterations, tau 2.0 -> 0.1, hard after half the steps).
 
     Columns: step, loss, tau, accuracy (row argmax of the training P against the target),
     valid_fraction (batch elements whose row argmax is a permutation), row_error (max
@@ -133,15 +134,13 @@ def run_permutation_learning(
         raise ValueError(f"task must be one of {TASKS}; got {task!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1; got {steps!r}")
-    settings = {k: v for k, v in locals().items() if k not in ("device", "progress")}
+    gps = gps if isinstance(gps, GPSSettings) else GPSSettings.from_dict(gps)
+    settings = {k: v for k, v in locals().items() if k not in ("device", "progress")} | {"gps": gps.to_dict()}
     device = torch.device(device)
     data_gen = torch.Generator().manual_seed(seed)
     noise_gen = torch.Generator(device=device).manual_seed(seed + 1)
     torch.manual_seed(seed)
-    model = GumbelPermutationSinkformer(
-        dim, num_layers=num_layers, ffn_dim=ffn_dim, sinkhorn_iters=sinkhorn_iters, alpha=alpha,
-        sinkhorn_impl=sinkhorn_impl, memory_efficient=memory_efficient, hard_method=hard_method,
-    ).to(device)
+    model = GumbelPermutationSinkformer(dim, gps).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     fixed_order = torch.randperm(n_tokens, generator=data_gen)
@@ -157,7 +156,7 @@ def run_permutation_learning(
         model.eval()
         with torch.no_grad():
             batches = eval_batches or [(tokens, order)]
-            accs = [permutation_accuracy(model(x.to(device), tau=tau_end, hard=True, noise=False),
+            accs = [permutation_accuracy(model(x.to(device), tau=gps.tau_end, hard=True, noise=False),
                                          o.to(device))[:2] for x, o in batches]
         model.train()
         return sum(a for a, _ in accs) / len(accs), sum(e for _, e in accs) / len(accs)
@@ -168,9 +167,9 @@ def run_permutation_learning(
             tokens, order = make_batch(task, batch_size, n_tokens, dim, data_gen, fixed_order)
         x, o = tokens.to(device), order.to(device)
         target = order_to_perm_matrix(o)  # (B, N, N)
-        tau = tau_schedule(step, steps, tau_start, tau_end)
-        soft = model(x, tau=tau, noise=noise, generator=noise_gen)  # (B, N, N)
-        P = hard_permutation(soft, method=hard_method) if step > steps * hard_after else soft
+        tau = tau_schedule(step, steps, gps.tau_start, gps.tau_end)
+        soft = model(x, tau=tau, noise=True, generator=noise_gen)  # (B, N, N)
+        P = hard_permutation(soft, method=gps.hard_method) if step > steps * gps.hard_after else soft
         loss = permutation_loss(P, target, mse_weight, ce_weight, entropy_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -193,10 +192,10 @@ def run_permutation_learning(
 # name -> overrides of run_permutation_learning for the notebook's ablations
 ABLATIONS: dict[str, dict] = {
     "ours": {},
-    "authors_clamped_sinkhorn": {"sinkhorn_impl": "authors", "hard_method": "argmax"},
+    "authors_clamped_sinkhorn": {"gps": {"sinkhorn_impl": "authors", "hard_method": "argmax"}},
     "ce_only": {"mse_weight": 0.0, "entropy_weight": 0.0},
     "mse_only": {"ce_weight": 0.0, "entropy_weight": 0.0},
-    "no_noise": {"noise": False},
+    "no_noise": {"gps": {"noise_scale": 0.0}},
 }
 
 
@@ -218,10 +217,13 @@ def run_all_experiments(settings: dict, device: str | torch.device = "cpu", prog
             return run_all_experiments(settings, device, progress, seed, None)
         finally:
             torch.set_num_threads(old_threads)
-    base = {k: settings[k] for k in ("n_tokens", "dim", "ffn_dim", "num_layers", "steps", "batch_size",
-                                     "lr", "sinkhorn_iters")}
+    base = {k: settings[k] for k in ("n_tokens", "dim", "steps", "batch_size", "lr")}
+    architecture = {k: settings[k] for k in ("ffn_dim", "num_layers", "sinkhorn_iters")}
+    base["gps"] = architecture
     common = {"device": device, "progress": progress, "seed": seed}
-    out = {name: run_permutation_learning(**{**base, **over, **common}) for name, over in ABLATIONS.items()}
+    out = {name: run_permutation_learning(**{**base, **over, **common,
+                                             "gps": {**architecture, **over.get("gps", {})}})
+           for name, over in ABLATIONS.items()}
     gen = {**base, "steps": settings["gen_steps"], "n_eval": settings["n_eval"],
            "eval_every": max(1, settings["gen_steps"] // 10), **common}
     out["fixed_perm_fresh_tokens"] = run_permutation_learning(task="fixed_perm_fresh_tokens", **gen)

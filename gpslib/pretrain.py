@@ -13,16 +13,14 @@ answer tokens (:class:`gpslib.data.VQACollator`).
 
 The result is saved with ``save_pretrained`` (model and processor) plus
 ``history.csv`` (step, loss, lr, elapsed seconds) and ``train_info.json``
-into :func:`gpslib.model.embedded_cache_dir`, whose name hashes the model
-config and the training settings. Saving is atomic: everything is written
+into :func:`embedded_cache_dir`, whose name hashes the model config, the
+training settings and the code that trains it (:func:`gpslib.provenance.code_fingerprint`). Saving is atomic: everything is written
 into a temporary sibling folder that is renamed into place. With
 ``checkpoint_every`` a partial run leaves ``<dir>.partial/checkpoint.pt``
 and the next call with the same settings resumes from it.
 
 :func:`ensure_base_model` is what notebooks call: the cached model of a
 profile, trained on first use (the ``paper`` profile loads the hub model).
-:func:`evaluate_accuracy` scores generated answers per question type beside
-chance (:data:`gpslib.evaluation.CHANCE`).
 
 CLI: ``python -m gpslib.pretrain --profile cpu --seed 0 [--force]``.
 """
@@ -43,13 +41,15 @@ from typing import Any
 import pandas as pd
 import torch
 
+from gpslib.atomic_files import replace_directory
 from gpslib.data import VQACollator
-from gpslib.evaluation import accuracy_table, predict
-from gpslib.model import SIZES, build_model, build_processor, embedded_cache_dir, load_model
-from gpslib.profiles import check_profile, profile_settings
-from gpslib.shapes import shapes_vqa
+from gpslib.model import MODEL_SIZES, build_model, build_processor, load_model
+from gpslib.provenance import code_fingerprint, settings_hash
+from gpslib.run_profiles import check_profile, profile_settings
+from gpslib.runtime import setup
+from gpslib.shapes_vqa import shapes_vqa
 
-__all__ = ["pretrain", "base_model_dir", "ensure_base_model", "train_settings", "evaluate_accuracy", "image_reliance", "main"]
+__all__ = ["pretrain", "embedded_cache_dir", "base_model_dir", "ensure_base_model", "train_settings", "main"]
 
 _TRAIN_KEYS = ("size", "steps", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "vision_lr_scale")
 _INFO, _HISTORY, _CKPT = "train_info.json", "history.csv", "checkpoint.pt"
@@ -73,6 +73,25 @@ def train_settings(profile: str) -> dict[str, Any]:
         return settings
     defaults = inspect.signature(_PRETRAIN).parameters
     return {k: settings.get(k, defaults[k].default) for k in _TRAIN_KEYS} | settings
+
+
+def embedded_cache_dir(seed: int, settings: dict[str, Any], root: str | os.PathLike | None = None) -> Path:
+    """Where a pretrained base model lives: ``$GPSLIB_CACHE/<size>-<hash>-seed<seed>``.
+
+    ``root`` defaults to the ``GPSLIB_CACHE`` environment variable, else ``~/.cache/gpslib``.
+    ``settings``: the training settings of :func:`pretrain` (keys starting with ``eval_`` are
+    ignored). The hash covers the size's entry of :data:`gpslib.model.MODEL_SIZES`, those
+    settings and the code that trains the model (this module and every gpslib module it
+    uses), so a changed architecture, recipe or code never reuses a stale model, and the
+    smoke model never shadows the cpu one.
+    """
+    train = {k: v for k, v in sorted(settings.items()) if not k.startswith("eval_")}
+    size = train.get("size", "embedded")
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; valid sizes are {list(MODEL_SIZES)}")
+    root = Path(root or os.environ.get("GPSLIB_CACHE") or Path.home() / ".cache" / "gpslib").expanduser()
+    digest = settings_hash({"spec": MODEL_SIZES[size], "train": train, "code": code_fingerprint("gpslib.pretrain")})[:10]
+    return root / f"{size}-{digest}-seed{seed}"
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -99,8 +118,8 @@ def pretrain(size: str = "embedded", seed: int = 0, steps: int = 1200, batch_siz
     :func:`embedded_cache_dir` of these settings). Threads: the caller's
     ``torch.set_num_threads``. Raises ValueError naming a bad argument.
     """
-    if size not in SIZES:
-        raise ValueError(f"unknown model size {size!r}; valid sizes are {list(SIZES)}")
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; valid sizes are {list(MODEL_SIZES)}")
     for name, value in (("steps", steps), ("batch_size", batch_size)):
         _positive(name, value)
     for name, value in (("lr", lr), ("grad_clip", grad_clip), ("vision_lr_scale", vision_lr_scale)):
@@ -116,7 +135,7 @@ def pretrain(size: str = "embedded", seed: int = 0, steps: int = 1200, batch_siz
 
     model, processor = build_model(size, seed=seed), build_processor(size)
     collate = VQACollator(processor, "train")
-    data = shapes_vqa(steps * batch_size, seed=seed, split="train", image_size=SIZES[size]["image_size"])
+    data = shapes_vqa(steps * batch_size, seed=seed, split="train", image_size=MODEL_SIZES[size]["image_size"])
     vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
     seen = {id(p) for p in vision}
     groups = [{"params": [p for p in model.parameters() if id(p) not in seen], "lr": lr},
@@ -176,7 +195,7 @@ _PRETRAIN = pretrain  # the signature train_settings reads defaults from
 
 
 def _save(final: Path, model, processor, hist: pd.DataFrame, info: dict[str, Any]) -> None:
-    """Write into a temporary sibling folder, then rename it to ``final`` (replacing an old one)."""
+    """Write into a temporary sibling folder, then move it to ``final`` (replacing an old one)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -184,13 +203,7 @@ def _save(final: Path, model, processor, hist: pd.DataFrame, info: dict[str, Any
     processor.save_pretrained(tmp)
     hist.to_csv(tmp / _HISTORY, index=False)
     (tmp / _INFO).write_text(json.dumps(info, indent=2) + "\n")
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_directory(tmp, final)
 
 
 def base_model_dir(profile: str, seed: int = 0, force: bool = False, progress: bool = True) -> str:
@@ -221,38 +234,6 @@ def ensure_base_model(profile: str, seed: int = 0, force: bool = False, progress
     return load_model(base_model_dir(profile, seed, force, progress))
 
 
-def evaluate_accuracy(model, processor, dataset, batch_size: int = 32, max_new_tokens: int = 20) -> pd.DataFrame:
-    """Per-question-type answer accuracy of ``model`` on ``dataset`` beside chance (:func:`accuracy_table`)."""
-    return accuracy_table(predict(model, processor, dataset, batch_size, max_new_tokens))
-
-
-def image_reliance(model, processor, dataset, batch_size: int = 32, seed: int = 0) -> dict[str, float]:
-    """Answer-token loss of ``dataset`` with its own images and with images shuffled across rows.
-
-    Returns ``{"loss": ..., "shuffled_loss": ..., "gap": shuffled - own}``. A gap
-    near zero means the model answers from the question alone (a language prior)
-    and does not read the image. Batches are shuffled within themselves, so
-    ``batch_size`` must be at least 2.
-    """
-    if not isinstance(batch_size, int) or batch_size < 2:
-        raise ValueError(f"batch_size must be an int >= 2; got batch_size={batch_size!r}")
-    collate = VQACollator(processor, "train")
-    gen = torch.Generator().manual_seed(seed)
-    device = next(model.parameters()).device
-    own = shuffled = 0.0
-    n = 0
-    for start in range(0, len(dataset), batch_size):
-        batch = {k: v.to(device) for k, v in collate(_rows(dataset, start, min(start + batch_size, len(dataset)))).items()}
-        order = torch.randperm(len(batch["input_ids"]), generator=gen)
-        perm = torch.empty_like(order)
-        perm[order] = order.roll(1)  # every row gets another row's image (a single row keeps its own)
-        with torch.no_grad():
-            own += float(model(**batch).loss) * len(perm)
-            shuffled += float(model(**dict(batch, pixel_values=batch["pixel_values"][perm.to(device)])).loss) * len(perm)
-        n += len(perm)
-    return {"loss": own / n, "shuffled_loss": shuffled / n, "gap": (shuffled - own) / n}
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI: pretrain (or find cached) the base model of a profile and print where it is."""
     parser = argparse.ArgumentParser(prog="python -m gpslib.pretrain", description=__doc__.split("\n")[0])
@@ -262,8 +243,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: gpslib.runtime)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    from gpslib.runtime import setup
-
     try:
         setup(args.profile, seed=args.seed, threads=args.threads)
     except ValueError as err:

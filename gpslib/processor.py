@@ -29,10 +29,11 @@ import functools
 import importlib.util
 import json
 
+from gpslib.chat_format import CHAT_TEMPLATE, IMAGE_TOKEN, format_example
+from gpslib.shapes_vqa import make_sample
+
 __all__ = [
-    "IMAGE_TOKEN",
     "PAD_TOKEN",
-    "CHAT_TEMPLATE",
     "shapes_corpus",
     "train_tokenizer",
     "build_image_processor",
@@ -40,35 +41,18 @@ __all__ = [
     "num_image_tokens",
 ]
 
-IMAGE_TOKEN = "<image>"
 PAD_TOKEN = "<pad>"
 _SPECIALS = ("<unk>", "<s>", "</s>")
 _BYTES = tuple(f"<0x{i:02X}>" for i in range(256))
 _MAX_PIECES = 1024  # learned pieces kept at most; smaller vocabularies keep the first (most frequent) ones
 
-# USER: <image>\n{question} ASSISTANT: {answer}</s>   (one turn; more turns repeat it)
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
-    "{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
-    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %} "
-    "{% else %}ASSISTANT: "
-    "{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
 
 def shapes_corpus(num_samples: int = 10000, seed: int = 0) -> list[str]:
     """Chat-formatted ShapesVQA training texts (no images drawn), the tokenizer's corpus."""
-    from gpslib.shapes import make_sample
-
     texts = []
     for i in range(num_samples):
         row = make_sample(i, seed=seed, split="train", with_image=False)
-        q = row["messages"][0]["content"][1]["text"]
-        a = row["messages"][1]["content"][0]["text"]
-        texts.append(f"USER: {IMAGE_TOKEN}\n{q} ASSISTANT: {a}</s>")
+        texts.append(format_example(row["messages"][0]["content"][1]["text"], row["messages"][1]["content"][0]["text"]))
     return texts
 
 

@@ -1,104 +1,143 @@
-"""Where a prompt's movable tokens are, and the sequence order that moves them.
+"""Where a prompt's movable tokens are, and the whole-sequence order that moves them (paper Figure 1).
 
-A reordering is index bookkeeping on (B, T) integers: which positions hold the expanded
-``<image>`` placeholders, which hold the prompt's text (after BOS, before the answer),
-and which positions ("slots") the reordered [image; text] tokens fill. It runs once per
-forward on the host, as compiled loops (:mod:`gpslib.host_kernels`); this module is their
-Python face: shapes, checks and errors. Rules (:func:`prompt_layout`):
+A reordering is index bookkeeping on (B, T) integers, batched torch code on the device of
+the ids (CPU or CUDA alike). :func:`prompt_layout` finds, in each row of a batch:
 
-* image tokens: every real ``<image>`` token, in order (placeholder k holds the k-th
+* the **prompt**: from the first real token up to and including the first assistant
+  separator (``ASSISTANT:``, :func:`gpslib.chat_format.assistant_separator_ids`) found in
+  ``input_ids``. Everything after it (the answer, further turns, padding) stays in place.
+  Labels are only a cross-check: labels on image tokens raise ValueError; labels on prompt
+  text (as TRL's SFTTrainer collators write them) are allowed and move with their tokens;
+* the **image tokens**: every real ``<image>`` token, in order (placeholder k holds the k-th
   projected image feature of its sample, as transformers' ``masked_scatter`` places them);
-* text tokens: real tokens that are not image tokens, except the first real token when it
-  is BOS and every token from the first real token with a label on (labels != -100 mark the
-  answer; labels at padding positions are ignored);
-* slots: the image and text positions together, in increasing order. Every other position
-  (BOS, answer, padding) keeps its token.
+  they must lie in the prompt;
+* the **text tokens**: the prompt's other tokens, except the first real token when it is BOS;
+* the **slots**: the image and text positions together, in increasing order. A strategy
+  orders the prompt's ``[image; text]`` tokens (an order over M + N, see
+  :mod:`gpslib.tokenmixer`) and :meth:`PromptLayout.sequence_order` writes them into the slots.
 
-:func:`cosine_sequence` is the TokenMixer reordering of a batch in one compiled call
-(layout, the cosine assignment and Algorithm 1's sequence), the model's CPU path.
+Orders follow the convention of :mod:`gpslib.sinkhorn`: ``reordered[b, j] = x[b, order[b, j]]``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
-import numpy as np
 import torch
 
-from gpslib.host_kernels import cosine_rows, layout_rows
-from gpslib.tokenmixer import _check_placement, _check_threshold
+__all__ = ["PromptLayout", "prompt_layout", "check_feature_rows"]
 
-__all__ = ["PromptLayout", "prompt_layout", "cosine_sequence", "check_feature_rows"]
-
-_ABSENT = np.zeros((1, 1), dtype=np.int64)  # stands for a missing attention mask or labels
+IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
 class PromptLayout:
-    """Host arrays of where the movable tokens of each prompt are.
+    """Where the movable tokens of each prompt of a batch are (long tensors on the ids' device).
 
-    image_pos (B, M): positions of the image tokens, in order; text_pos (B, N): positions
-    of the text tokens packed left (valid where :attr:`text_mask`, 0 elsewhere); n_text
-    (B,): text tokens per sample; slot_pos (B, M + N): the positions the reordered tokens
-    fill, in order, T where a sample has fewer (:attr:`slot_mask`).
+    image_pos (B, M): positions of the image tokens, in order; text_pos (B, N): positions of
+    the text tokens packed left (0 past ``n_text``, see :attr:`text_mask`); n_text (B,);
+    slot_pos (B, M + N): the positions the reordered tokens fill, in increasing order, T
+    past each row's M + n_text (see :attr:`slot_mask`); length: T.
     """
 
-    image_pos: np.ndarray
-    text_pos: np.ndarray
-    n_text: np.ndarray
-    slot_pos: np.ndarray
+    image_pos: torch.Tensor
+    text_pos: torch.Tensor
+    n_text: torch.Tensor
+    slot_pos: torch.Tensor
+    length: int
 
     @property
-    def text_mask(self) -> np.ndarray:  # (B, N) bool
-        return np.arange(self.text_pos.shape[1]) < self.n_text[:, None]
+    def text_mask(self) -> torch.Tensor:  # (B, N) bool
+        return torch.arange(self.text_pos.shape[1], device=self.text_pos.device) < self.n_text[:, None]
 
     @property
-    def slot_mask(self) -> np.ndarray:  # (B, M + N) bool
-        return np.arange(self.slot_pos.shape[1]) < (self.n_text + self.image_pos.shape[1])[:, None]
+    def slot_mask(self) -> torch.Tensor:  # (B, M + N) bool
+        return self.slot_pos < self.length
 
-    def segments(self, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-        """The layout as tensors on ``device`` (:func:`gpslib.reordering.prompt_segments`'s entries)."""
-        arrays = {"image_pos": self.image_pos, "text_pos": self.text_pos, "text_mask": self.text_mask,
-                  "slot_pos": self.slot_pos, "slot_mask": self.slot_mask}
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
+    @property
+    def local_pos(self) -> torch.Tensor:  # (B, M + N): the position of each [image; text] token
+        return torch.cat([self.image_pos, self.text_pos], dim=1)
+
+    def sequence_order(self, local_order: torch.Tensor) -> torch.Tensor:
+        """Whole-sequence gather indices (B, T) from an order over the prompt's [image; text] tokens.
+
+        local_order (B, M + N): gather indices into ``[image; text]``; entries past a row's
+        M + n_text must point at its padded text entries (they land in no slot), which every
+        strategy's order does (padded text tokens match nothing and sort last). Positions
+        outside the slots keep their own token.
+        """
+        b, t = self.slot_pos.shape[0], self.length
+        order = torch.arange(t + 1, device=self.slot_pos.device).repeat(b, 1)  # column T is a sink
+        order.scatter_(1, self.slot_pos, self.local_pos.gather(1, local_order))
+        return order[:, :t]
 
 
-def _kernel_args(ids: np.ndarray, mask: np.ndarray | None, labels: np.ndarray | None,
-                 image_token_id: int, bos_token_id: int | None) -> tuple:
-    if ids.ndim != 2 or ids.shape[0] == 0:
-        raise ValueError(f"input_ids must be (B, T) with B >= 1; got shape {ids.shape}")
-    for name, a in (("attention_mask", mask), ("labels", labels)):
-        if a is not None and a.shape != ids.shape:
-            raise ValueError(f"{name} must have the shape of input_ids {ids.shape}; got {a.shape}")
-    return (ids, _ABSENT if mask is None else mask, mask is not None, _ABSENT if labels is None else labels,
-            labels is not None, image_token_id, -1 if bos_token_id is None else bos_token_id, bos_token_id is not None)
+def _first_separator_end(ids: torch.Tensor, real: torch.Tensor, separator: torch.Tensor) -> torch.Tensor:
+    """(B,) index just past the first real occurrence of ``separator`` in each row, -1 where none."""
+    b, t = ids.shape
+    k = separator.numel()
+    if t < k:
+        return torch.full((b,), -1, dtype=torch.long, device=ids.device)
+    hit = (ids.unfold(1, k, 1) == separator).all(-1) & real.unfold(1, k, 1).all(-1)  # (B, T - k + 1)
+    first = hit.long().argmax(dim=1)
+    return torch.where(hit.any(dim=1), first + k, torch.full_like(first, -1))
 
 
-def _layout(image_pos, text_pos, slots, counts, image_token_id: int) -> PromptLayout:
-    """The :class:`PromptLayout` of the kernels' (B, T) arrays; raises on bad image counts."""
-    n_image, n_text = counts[:, 0], counts[:, 1]
+def prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, image_token_id: int,
+                  bos_token_id: int | None, separator_ids: Sequence[int],
+                  labels: torch.Tensor | None = None) -> PromptLayout:
+    """Where the movable tokens of each prompt are (the rules are in the module docstring).
+
+    input_ids (B, T) long; attention_mask (B, T) (nonzero = real) or None (all real);
+    labels (B, T) or None. Raises ValueError naming the sample when a prompt has no image
+    token or no assistant separator, when an image token lies after the separator, when
+    labels cover image tokens, or when the samples' image token counts differ.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids must be (B, T) with B >= 1; got shape {tuple(input_ids.shape)}")
+    for name, x in (("attention_mask", attention_mask), ("labels", labels)):
+        if x is not None and x.shape != input_ids.shape:
+            raise ValueError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}; got {tuple(x.shape)}")
+    if not separator_ids:
+        raise ValueError("separator_ids is empty: the token ids of the assistant separator are needed to find "
+                         "where a prompt ends (gpslib.chat_format.assistant_separator_ids)")
+    b, t = input_ids.shape
+    device = input_ids.device
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask != 0
+    end = _first_separator_end(input_ids, real, torch.as_tensor(list(separator_ids), device=device))
+    if bool((end < 0).any()):
+        row = int((end < 0).nonzero()[0])
+        raise ValueError(f"sample {row} has no assistant separator (token ids {list(separator_ids)}) among its real "
+                         f"tokens; the reorderable prompt ends with it")
+    pos = torch.arange(t, device=device).expand(b, t)
+    image = real & (input_ids == image_token_id)
+    n_image = image.sum(dim=1)
     m = int(n_image.min())
     if m == 0:
-        raise ValueError(
-            f"sample {int(np.argmin(n_image))} has no image placeholder (token id {image_token_id}); every "
-            f"prompt must contain the expanded <image> tokens"
-        )
+        raise ValueError(f"sample {int(n_image.argmin())} has no image token (id {image_token_id}); every prompt "
+                         f"must contain the expanded <image> tokens")
     if int(n_image.max()) != m:
         raise ValueError(f"samples have different image token counts {n_image.tolist()}; expected one image each")
+    late = image & (pos >= end[:, None])
+    if bool(late.any()):
+        raise ValueError(f"sample {int(late.any(1).nonzero()[0])} has image tokens after its assistant separator; "
+                         f"the image must be in the first prompt")
+    if labels is not None and bool(((labels != IGNORE_INDEX) & image).any()):
+        row = int(((labels != IGNORE_INDEX) & image).any(1).nonzero()[0])
+        raise ValueError(f"labels of sample {row} cover image tokens; image tokens must have label {IGNORE_INDEX}")
+    first = real.long().argmax(dim=1, keepdim=True)  # (B, 1) first real token
+    bos = (pos == first) & (input_ids == bos_token_id) if bos_token_id is not None else torch.zeros_like(real)
+    text = real & (pos < end[:, None]) & ~image & ~bos
+    n_text = text.sum(dim=1)
     n = int(n_text.max())
-    return PromptLayout(image_pos[:, :m], text_pos[:, :n], n_text, slots[:, : m + n])
-
-
-def prompt_layout(ids: np.ndarray, mask: np.ndarray | None, labels: np.ndarray | None,
-                  image_token_id: int, bos_token_id: int | None) -> PromptLayout:
-    """Where the movable tokens of each prompt are (rules in the module docstring).
-
-    ids (B, T) int; mask (B, T) (nonzero = real) or None (all real); labels (B, T) or None
-    (no answer). Raises ValueError when a prompt has no image placeholder or the samples'
-    image token counts differ.
-    """
-    args = _kernel_args(ids, mask, labels, image_token_id, bos_token_id)
-    return _layout(*layout_rows(*args), image_token_id)
+    # pack positions left: real ones sort by position, the rest after T
+    beyond = pos + t
+    image_pos = torch.where(image, pos, beyond).sort(dim=1).values[:, :m]
+    text_pos = torch.where(text, pos, beyond).sort(dim=1).values[:, :n]
+    slot_pos = torch.where(image | text, pos, beyond).sort(dim=1).values[:, : m + n]
+    return PromptLayout(image_pos=image_pos, text_pos=torch.where(text_pos < t, text_pos, 0), n_text=n_text,
+                        slot_pos=slot_pos.clamp_max(t), length=t)
 
 
 def check_feature_rows(rows: int, n_image: int) -> None:
@@ -108,29 +147,3 @@ def check_feature_rows(rows: int, n_image: int) -> None:
             f"image features and image tokens do not match: the images give {rows} feature rows, "
             f"the prompts hold {n_image} <image> tokens"
         )
-
-
-def cosine_sequence(ids: np.ndarray, mask: np.ndarray | None, labels: np.ndarray | None, image_token_id: int,
-                    bos_token_id: int | None, table: np.ndarray, threshold: float, placement: str
-                    ) -> tuple[np.ndarray, np.ndarray, PromptLayout]:
-    """TokenMixer's reordering of a batch, in one compiled pass on the host.
-
-    ids, mask, labels as in :func:`prompt_layout`; table (B*T + R, D) float32/float64:
-    the token embeddings (row ``i*T + p``), then the R image feature rows in placeholder
-    order. Returns ``(order, source, layout)``: order (B, T) whole-sequence gather
-    indices; source (B, T) the table row each new position reads (the merge of image
-    features and the reordering in one gather); the :class:`PromptLayout`. Raises
-    ValueError for bad image token counts or R != B * M.
-    """
-    _check_placement(placement)
-    _check_threshold(threshold)
-    if table.dtype not in (np.float32, np.float64):
-        raise ValueError(f"table must be float32 or float64; got dtype {table.dtype}")
-    args = _kernel_args(ids, mask, labels, image_token_id, bos_token_id)
-    order, source, image_pos, text_pos, slots, counts, status, m, n = cosine_rows(
-        *args, table, float(threshold), placement == "after")
-    if status == 1:
-        _layout(image_pos, text_pos, slots, counts, image_token_id)  # raises, naming the counts
-    if status == 2:
-        check_feature_rows(table.shape[0] - ids.size, ids.shape[0] * m)
-    return order, source, PromptLayout(image_pos[:, :m], text_pos[:, :n], counts[:, 1], slots[:, : m + n])

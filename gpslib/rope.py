@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from gpslib.tokenmixer import grouped_order
+
 __all__ = [
     "rope_frequencies",
     "rotate",
@@ -35,7 +37,7 @@ __all__ = [
     "hf_attention_score",
     "layout_pair_scores",
     "distance_curves",
-    "prompt_layout",
+    "grouped_prompt_order",
 ]
 
 
@@ -247,14 +249,12 @@ def distance_curves(
     return pd.concat(frames, ignore_index=True)
 
 
-def prompt_layout(assignment: torch.Tensor, n_text: int, placement: str = "before") -> torch.Tensor:
+def grouped_prompt_order(assignment: torch.Tensor, n_text: int, placement: str) -> torch.Tensor:
     """Order of a whole prompt ``[BOS, image (M), text (N)]`` with BOS kept first.
 
     assignment: (M,) text index per image token or -1 (see
     :func:`gpslib.tokenmixer.grouped_order`). Returns (1 + M + N,) gather
     indices into ``[BOS, image, text]``.
     """
-    from gpslib.tokenmixer import grouped_order
-
     inner = grouped_order(assignment, n_text, placement)  # (M + N,)
     return torch.cat([torch.zeros(1, dtype=torch.long), inner + 1])

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gpslib.profiles import check_profile
+from gpslib.run_profiles import check_profile
 
 __all__ = ["setup", "seed_everything", "default_threads"]
 

@@ -1,31 +1,32 @@
 """Sinkhorn normalisation, Gumbel noise and hard permutations (paper Section 3.2, Algorithm 2).
 
-Permutation convention (DESIGN.md, "One permutation convention"): an ``order`` is a
-LongTensor of gather indices, ``reordered[b, j] = tokens[b, order[b, j]]``; its
-permutation matrix has ``perm_matrix[b, j, order[b, j]] = 1``, so
-``reordered = perm_matrix @ tokens``.
+The permutation convention of the whole project: an ``order`` is a LongTensor of gather
+indices, ``reordered[b, j] = tokens[b, order[b, j]]``; its permutation matrix has
+``perm_matrix[b, j, order[b, j]] = 1``, so ``reordered = perm_matrix @ tokens``
+(:func:`order_to_perm_matrix`, :func:`perm_matrix_to_order`).
 
 :func:`sinkhorn` is the log-domain iteration of Mena et al. (2018):
 ``x <- x - logsumexp(x, dim=-1)`` (rows), then ``x <- x - logsumexp(x, dim=-2)``
 (columns), so the columns of the result sum to one up to rounding and the row error
 shrinks with the iterations. Nothing is clamped: it is finite for any finite input.
 Equivalently ``log P = log_alpha - r_t[:, None] - c_t[None, :]`` with cumulative
-normaliser vectors ``r_t``, ``c_t``; the memory-efficient backward stores only those.
-Two forward paths compute the same iterates:
+normaliser vectors ``r_t``, ``c_t``. One forward, two ways of computing the same iterates
+(tests check they agree):
 
-* the matrix loop above (on CUDA, and whenever autograd unrolls the loop): no host
-  syncs; inside each logsumexp the max-shifted exponent is floored at ``-80``
+* the matrix loop above (on CUDA, and on CPU below ``_Stabilised.MIN_ELEMENTS`` entries):
+  no host syncs; inside each logsumexp the max-shifted exponent is floored at ``-80``
   (``exp(-80) < 2e-35``, below float32 and float64 resolution next to the max term,
   which is 1), which avoids the slow path of ``exp`` for very negative arguments;
-* on CPU (from ``_Stabilised.MIN_ELEMENTS`` entries; below, the matrix loop is
-  faster), the same potentials in scaling form with log-domain absorption
-  (:class:`_Stabilised`): one matrix-vector product per half-step and N x N
-  exponentials only when the kernel is rebuilt, with every row checked for exactness
-  and recomputed in the log domain where the kernel cannot represent it. It is several
-  times faster than the matrix loop (``benchmarks/bench_sinkhorn.py``).
+* on CPU from ``_Stabilised.MIN_ELEMENTS`` entries, the same potentials in scaling form
+  with log-domain absorption (:class:`_Stabilised`): one matrix-vector product per
+  half-step and N x N exponentials only when the kernel is rebuilt, with every row checked
+  for exactness and recomputed in the log domain where the kernel cannot represent it.
 
-The authors' probability-domain scheme is kept only as a comparison:
-:func:`sinkhorn_clamped_authors`.
+One backward (:class:`_SinkhornFunction`): it saves only the 2 * n_iters normaliser
+vectors (..., N) and recomputes the N x N weights of each step (O(n_iters * N) memory
+instead of one N x N tensor per half-step). Speed against the probability-domain loop:
+``benchmarks/bench_sinkhorn.py``. The authors' clamped scheme and the textbook loops live
+in :mod:`gpslib.comparison_only`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from scipy.optimize import linear_sum_assignment
 
 __all__ = [
     "EXP_FLOOR",
+    "HARD_METHODS",
     "gumbel_from_uniform",
     "gumbel_noise",
     "hard_permutation",
@@ -47,12 +49,11 @@ __all__ = [
     "perm_matrix_to_order",
     "row_error",
     "sinkhorn",
-    "sinkhorn_clamped_authors",
-    "sinkhorn_matrix_reference",
     "tau_schedule",
 ]
 
 EXP_FLOOR = -80.0  # floor of the max-shifted exponent inside logsumexp
+HARD_METHODS = ("hungarian", "argmax", "auto")  # see hard_permutation
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -93,43 +94,18 @@ def _apply_mask(log_alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- Sinkhorn
-class _Normalise(torch.autograd.Function):
-    """``x - logsumexp(x, dim)`` (floored as in :func:`_lse`), saving only its output."""
-
-    @staticmethod
-    def forward(ctx, x, dim, work):  # x (..., N, N) -> y (..., N, N); work: scratch like x
-        y = x - x.amax(dim=dim, keepdim=True)
-        s = torch.clamp_min(y, EXP_FLOOR, out=work).exp_().sum(dim=dim, keepdim=True)
-        y.sub_(s.log_())
-        ctx.dim = dim
-        ctx.save_for_backward(y)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):  # dy/dx: g - softmax * sum(g)
-        (y,) = ctx.saved_tensors
-        w = y.clamp_min(EXP_FLOOR).exp_()  # softmax along dim
-        return w.mul_(g.sum(dim=ctx.dim, keepdim=True)).neg_().add_(g), None, None
-
-
-def _iterate(la, n_iters, tol, check_every, grad):
-    """The matrix-form loop ``x -= lse_rows(x); x -= lse_cols(x)``.
+def _iterate(la, n_iters, tol, check_every):
+    """The matrix-form loop ``x -= lse_rows(x); x -= lse_cols(x)`` (no autograd).
 
     la (..., N, N) -> (log P (..., N, N), cumulative row / column normalisers as lists of
-    (..., N) float64 tensors (empty when ``grad``), last row error or None). With
-    ``grad`` every step is an autograd node saving its N x N output (the unrolled mode).
+    (..., N) float64 tensors, last row error or None).
     """
-    x = la if grad else la.detach().clone()
-    work = torch.empty_like(la) if grad else None  # scratch for the exponentials
+    x = la.detach().clone()
     r_cum = torch.zeros(la.shape[:-1], dtype=torch.float64, device=la.device)  # (..., N)
     c_cum = torch.zeros_like(r_cum)
     rs, cs, err = [], [], None
     for it in range(1, n_iters + 1):
         for dim in (-1, -2):
-            if grad:
-                x = _Normalise.apply(x, dim, work)
-                continue
             lse = _lse(x, dim)
             x.sub_(lse)
             if dim == -1:
@@ -232,7 +208,7 @@ class _Stabilised:
 
 
 def _iterate_scaling(la, n_iters, tol, check_every):
-    """Same contract as :func:`_iterate` without ``grad``, in scaling form (:class:`_Stabilised`)."""
+    """Same contract as :func:`_iterate`, in scaling form (:class:`_Stabilised`)."""
     shape = la.shape
     st = _Stabilised(la.detach().reshape(-1, *shape[-2:]))
     R, C = st.R0, None
@@ -260,10 +236,10 @@ def _forward(la, n_iters, tol, check_every):
     about 20 vector operations, exceeds the matrix loop's)."""
     if la.device.type == "cpu" and la.numel() >= _Stabilised.MIN_ELEMENTS:
         return _iterate_scaling(la, n_iters, tol, check_every)
-    return _iterate(la, n_iters, tol, check_every, grad=False)
+    return _iterate(la, n_iters, tol, check_every)
 
 
-class _SinkhornMemoryEfficient(torch.autograd.Function):
+class _SinkhornFunction(torch.autograd.Function):
     """log P from log_alpha, saving only the per-iteration normaliser vectors (O(T N))."""
 
     @staticmethod
@@ -301,7 +277,6 @@ def sinkhorn(
     check_every: int = 10,
     mask: torch.Tensor | None = None,
     return_log: bool = False,
-    memory_efficient: bool = False,
 ) -> torch.Tensor:
     """Log-domain Sinkhorn operator S(log_alpha) (Mena et al. 2018; Algorithm 2, line 11).
 
@@ -318,10 +293,6 @@ def sinkhorn(
         mask: optional (..., N) bool, True = real token. Padded positions map to
             themselves (identity block) and never mix with real ones.
         return_log: return ``log P`` instead of ``P``.
-        memory_efficient: one custom autograd function for the whole loop that stores
-            only the 2 * n_iters cumulative normaliser vectors (..., N) and recomputes
-            the N x N weights in backward (O(n_iters * N) memory). The default backprops
-            through the unrolled loop and keeps one N x N tensor per half-step.
 
     Returns:
         P (..., N, N) (or log P) in float32/float64; columns sum to one after the last
@@ -340,13 +311,10 @@ def sinkhorn(
     if mask is not None:
         la = _apply_mask(la, mask)
 
-    grad = la.requires_grad and torch.is_grad_enabled()
-    if grad and memory_efficient:
+    if la.requires_grad and torch.is_grad_enabled():
         info: dict = {}
-        log_p = _SinkhornMemoryEfficient.apply(la, n_iters, tol, check_every, info)
+        log_p = _SinkhornFunction.apply(la, n_iters, tol, check_every, info)
         err = info["err"]
-    elif grad:
-        log_p, _, _, err = _iterate(la, n_iters, tol, check_every, grad=True)
     else:
         log_p, _, _, err = _forward(la, n_iters, tol, check_every)
     if tol is not None and err >= tol:
@@ -364,39 +332,6 @@ def _exp_floored(log_p: torch.Tensor) -> torch.Tensor:
     if log_p.requires_grad:
         return log_p.exp()
     return log_p.masked_fill(log_p < EXP_FLOOR, -math.inf).exp_()
-
-
-def sinkhorn_matrix_reference(log_alpha: torch.Tensor, n_iters: int = 50) -> torch.Tensor:
-    """Textbook matrix loop ``X -= logsumexp(X, -1); X -= logsumexp(X, -2)``; (..., N, N) -> P."""
-    x = log_alpha.to(_compute_dtype(log_alpha))
-    for _ in range(n_iters):
-        x = x - torch.logsumexp(x, dim=-1, keepdim=True)
-        x = x - torch.logsumexp(x, dim=-2, keepdim=True)
-    return x.exp()
-
-
-def sinkhorn_clamped_authors(
-    log_alpha: torch.Tensor,
-    n_iters: int = 50,
-    clamp_range: tuple[float, float] = (-15.0, 15.0),
-    tol: float = 1e-6,
-    eps: float = 1e-8,
-) -> torch.Tensor:
-    """The authors' scheme, for comparison only: clamp, exp, probability-domain loop.
-
-    log_alpha (..., N, N) -> P (..., N, N). Clamps ``log_alpha`` to ``clamp_range``,
-    then alternates row / column division (``+ eps``) and stops as soon as no entry
-    moved by ``tol`` in one iteration (a host sync per iteration).
-    """
-    _check_square(log_alpha, "log_alpha")
-    alpha = torch.clamp(log_alpha.to(_compute_dtype(log_alpha)), *clamp_range).exp()
-    for _ in range(n_iters):
-        prev = alpha
-        alpha = alpha / (alpha.sum(dim=-1, keepdim=True) + eps)
-        alpha = alpha / (alpha.sum(dim=-2, keepdim=True) + eps)
-        if torch.all(torch.abs(alpha - prev) < tol):
-            break
-    return alpha
 
 
 # ----------------------------------------------------------------------------- Gumbel
@@ -481,8 +416,8 @@ def hard_permutation(
         with ``return_valid``, the tuple (P_hard, valid).
     """
     _check_square(P, "P")
-    if method not in ("hungarian", "argmax", "auto"):
-        raise ValueError(f"method must be 'hungarian', 'argmax' or 'auto'; got {method!r}")
+    if method not in HARD_METHODS:
+        raise ValueError(f"method must be one of {HARD_METHODS}; got {method!r}")
     n = P.shape[-1]
     flat = P.detach().reshape(-1, n, n)  # (M, N, N)
     if method == "hungarian":
@@ -505,7 +440,7 @@ def hard_permutation(
 
 
 # ----------------------------------------------------------------------------- schedule
-def tau_schedule(step: int, total_steps: int, tau_start: float = 2.0, tau_end: float = 0.1) -> float:
+def tau_schedule(step: int, total_steps: int, tau_start: float, tau_end: float) -> float:
     """The paper's cosine temperature (Section 3.2): tau_end + (tau_start - tau_end)(1 + cos(pi s/S))/2.
 
     Returns ``tau_end`` for ``step >= total_steps``.

@@ -18,7 +18,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from gpslib.sinkhorn import hard_permutation, is_permutation, row_error, sinkhorn, sinkhorn_clamped_authors
+from gpslib.comparison_only import sinkhorn_clamped_authors, sinkhorn_probability_domain
+from gpslib.sinkhorn import hard_permutation, is_permutation, row_error, sinkhorn
 
 __all__ = ["random_scores", "hard_validity_vs_tau", "row_error_vs_iterations", "clamped_vs_ours"]
 
@@ -63,15 +64,6 @@ def row_error_vs_iterations(n: int, taus, iterations, batch: int = 4, seed: int 
     ])
 
 
-def _probability_domain(log_alpha: torch.Tensor, n_iters: int) -> torch.Tensor:
-    """A fixed-length probability-domain loop without clamp (what the clamp tries to avoid)."""
-    p = log_alpha.exp()
-    for _ in range(n_iters):
-        p = p / p.sum(dim=-1, keepdim=True)
-        p = p / p.sum(dim=-2, keepdim=True)
-    return p
-
-
 def clamped_vs_ours(n: int, taus, batch: int = 4, n_iters: int = 50, seed: int = 0) -> pd.DataFrame:
     """The authors' clamped scheme, ours and an unclamped probability loop, per tau.
 
@@ -87,7 +79,7 @@ def clamped_vs_ours(n: int, taus, batch: int = 4, n_iters: int = 50, seed: int =
         for method, P in (
             ("ours (log domain)", sinkhorn(log_alpha, n_iters=n_iters)),
             ("authors (clamped)", sinkhorn_clamped_authors(log_alpha, n_iters=n_iters)),
-            ("probability domain, no clamp", _probability_domain(log_alpha, n_iters)),
+            ("probability domain, no clamp", sinkhorn_probability_domain(log_alpha, n_iters)),
         ):
             finite = torch.isfinite(P)
             rows.append({

@@ -1,86 +1,87 @@
 """TokenMixer (paper Section 3.1, Algorithm 1): group image tokens with text tokens.
 
-:func:`grouped_order` builds Algorithm 1's sequence from an assignment of
-image tokens to text tokens: unmatched image tokens first, in their original
-order; then, for each text token in order, its matched image tokens in their
-original order followed by the text token (``placement="before"``, as the
-paper's prose and the authors' code do) or preceded by it (``"after"``, as
-Algorithm 1's listing writes it).
+:func:`cosine_assignment` is Algorithm 1's rule, lines 3-11: each image token's most
+similar text token (cosine similarity), kept when the similarity reaches ``threshold``
+(the paper's tau_align). :func:`grouped_order` builds Algorithm 1's sequence from an
+assignment: unmatched image tokens first, in their original order; then, for each text
+token in order, its matched image tokens in their original order followed by the text token
+(``placement="before"``, as the paper's prose and the authors' code do) or preceded by it
+(``"after"``, as Algorithm 1's listing writes it). Both are batched torch code, the same on
+CPU and CUDA. The threshold and the placement have their defaults in one place, the model
+config (:class:`gpslib.reordering_config.ReorderingLlavaConfig`); here they are required.
 
 Orders are gather indices into ``cat([image_tokens, text_tokens])``:
-``reordered[..., j] = tokens[..., order[..., j]]`` (DESIGN.md).
+``reordered[..., j] = tokens[..., order[..., j]]`` (the convention of :mod:`gpslib.sinkhorn`).
+The authors'-style loop these functions are checked against is
+:func:`gpslib.comparison_only.cosine_reorder_per_token`.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-
-from gpslib.host_kernels import grouped_rows
 
 __all__ = [
     "PLACEMENTS",
+    "check_threshold",
+    "check_placement",
     "grouped_order",
     "cosine_similarity_matrix",
     "cosine_assignment",
     "cosine_reorder",
     "similarity_stats",
-    "cosine_reorder_loop",
     "grounding_scores",
 ]
 
 PLACEMENTS = ("before", "after")
 
 
-def grouped_order(assignment: torch.Tensor, n_text: int, placement: str = "before") -> torch.Tensor:
+def check_placement(placement: str) -> str:
+    """``placement`` if it is one of :data:`PLACEMENTS`, else ValueError naming it."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
+    return placement
+
+
+def check_threshold(threshold: float) -> float:
+    """``threshold`` as a float if it is a cosine similarity in [-1, 1], else ValueError naming it."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be a number in [-1, 1] (a cosine similarity); got threshold={threshold!r}")
+    return float(threshold)
+
+
+def grouped_order(assignment: torch.Tensor, n_text: int, placement: str) -> torch.Tensor:
     """Algorithm 1's sequence as gather indices, batched and loop-free.
 
     assignment: (..., M) long; ``assignment[..., m]`` is the text index in
     ``[0, n_text)`` image token ``m`` is grouped with, or -1 for unmatched.
     Returns order: (..., M + n_text) long, gather indices into
-    ``cat([image (M), text (n_text)])``.
+    ``cat([image (M), text (n_text)])``, on the device of ``assignment``.
+
+    Every token gets a sort key (group, side, index): group 0 holds the unmatched image
+    tokens, group j + 1 text token j and its image tokens; within a group the image tokens
+    come before the text token (``"before"``) or after it (``"after"``), in their original
+    order. The keys are distinct, so one argsort gives the sequence.
     """
-    _check_placement(placement)
-    if n_text < 0:
-        raise ValueError(f"n_text must be >= 0; got n_text={n_text}")
-    assignment = torch.as_tensor(assignment, dtype=torch.long)
-    if assignment.numel() and (assignment.min() < -1 or assignment.max() >= n_text):
+    check_placement(placement)
+    if not isinstance(n_text, int) or n_text < 0:
+        raise ValueError(f"n_text must be an int >= 0; got n_text={n_text!r}")
+    assignment = torch.as_tensor(assignment)
+    if assignment.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise ValueError(f"assignment must be an integer tensor; got dtype {assignment.dtype}")
+    if assignment.numel() and (int(assignment.min()) < -1 or int(assignment.max()) >= n_text):
         raise ValueError(
             f"assignment values must lie in [-1, {n_text - 1}]; got range "
             f"[{int(assignment.min())}, {int(assignment.max())}]"
         )
-    return _grouped_order(assignment, n_text, placement)
-
-
-def _grouped_order(assignment: torch.Tensor, n_text: int, placement: str) -> torch.Tensor:
-    """:func:`grouped_order` without its checks (for callers that built a valid assignment)."""
-    order = torch.from_numpy(_grouped_order_host(assignment.numpy(force=True), n_text, placement))
-    return order if assignment.device.type == "cpu" else order.to(assignment.device)
-
-
-def _grouped_order_host(assignment: np.ndarray, n_text: int, placement: str) -> np.ndarray:
-    """The sequence behind :func:`grouped_order`, on the host: (..., M) int -> (..., M + N) int64.
-
-    Index bookkeeping on small integer arrays runs on the host, compiled
-    (:func:`gpslib.host_kernels.grouped_row`): one pass per row, no sort and no Python
-    loop over tokens.
-    """
-    m = assignment.shape[-1]
-    lead = assignment.shape[:-1]
-    rows = np.ascontiguousarray(assignment.reshape(int(np.prod(lead)), m), dtype=np.int64)  # (R, M)
-    out = np.empty((rows.shape[0], m + n_text), dtype=np.int64)
-    grouped_rows(rows, n_text, placement == "after", out)
-    return out.reshape(lead + (m + n_text,))
-
-
-def _check_placement(placement: str) -> None:
-    if placement not in PLACEMENTS:
-        raise ValueError(f"placement must be one of {PLACEMENTS}; got placement={placement!r}")
-
-
-def _check_threshold(threshold: float) -> None:
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must lie in [-1, 1] (a cosine similarity); got threshold={threshold}")
+    assignment = assignment.long()
+    m, device = assignment.shape[-1], assignment.device
+    stride = m + 1  # room for the index within a (group, side)
+    image_side = 0 if placement == "before" else 1
+    matched = assignment >= 0
+    image_key = (assignment + 1) * (2 * stride) + matched * (image_side * stride) + torch.arange(m, device=device)
+    text_key = (torch.arange(n_text, device=device) + 1) * (2 * stride) + (1 - image_side) * stride  # (N,)
+    keys = torch.cat([image_key, text_key.expand(*assignment.shape[:-1], n_text)], dim=-1)  # (..., M + N)
+    return keys.argsort(dim=-1)
 
 
 def cosine_similarity_matrix(
@@ -107,7 +108,7 @@ def cosine_similarity_matrix(
 def cosine_assignment(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
-    threshold: float = 0.1,
+    threshold: float,
     text_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1, lines 3-11: each image token's best text token, if it reaches ``threshold``.
@@ -118,7 +119,7 @@ def cosine_assignment(
     (..., M) the best similarity (-inf where there is no real text token). Ties
     go to the lowest text index.
     """
-    _check_threshold(threshold)
+    check_threshold(threshold)
     sim = cosine_similarity_matrix(image_embeds, text_embeds)  # (..., M, N)
     if text_mask is not None:
         if text_mask.shape != text_embeds.shape[:-1]:
@@ -137,8 +138,8 @@ def cosine_assignment(
 def cosine_reorder(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
-    threshold: float = 0.1,
-    placement: str = "before",
+    threshold: float,
+    placement: str,
     text_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TokenMixer (Algorithm 1): gather indices into ``cat([image_embeds, text_embeds])``.
@@ -160,15 +161,14 @@ def cosine_reorder(
         raise ValueError(
             f"batch sizes differ: image_embeds has B={image_embeds.shape[0]}, text_embeds B={text_embeds.shape[0]}"
         )
-    _check_placement(placement)
     assignment, _ = cosine_assignment(image_embeds, text_embeds, threshold, text_mask)
-    return _grouped_order(assignment, text_embeds.shape[-2], placement)  # valid by construction
+    return grouped_order(assignment, text_embeds.shape[-2], placement)
 
 
 def similarity_stats(
     image_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
-    threshold: float = 0.1,
+    threshold: float,
     text_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor | float]:
     """Statistics for the notebook: each image token's best similarity and the fraction moved.
@@ -178,37 +178,6 @@ def similarity_stats(
     """
     assignment, best = cosine_assignment(image_embeds, text_embeds, threshold, text_mask)
     return {"best": best, "fraction_moved": float((assignment >= 0).float().mean()) if assignment.numel() else 0.0}
-
-
-def cosine_reorder_loop(
-    image_embeds: torch.Tensor, text_embeds: torch.Tensor, threshold: float = 0.1, placement: str = "before"
-) -> torch.Tensor:
-    """Algorithm 1 written literally, one Python loop step per image token (the authors' style).
-
-    image_embeds: (M, D); text_embeds: (N, D). Returns (M + N,) like
-    :func:`cosine_reorder`. A reference for tests and ``benchmarks/bench_tokenmixer.py``;
-    use :func:`cosine_reorder` in real code.
-    """
-    _check_threshold(threshold)
-    _check_placement(placement)
-    m, n = image_embeds.shape[0], text_embeds.shape[0]
-    unmatched: list[int] = []
-    buckets: list[list[int]] = [[] for _ in range(n)]
-    for i in range(m):
-        sims = [
-            float(torch.nn.functional.cosine_similarity(image_embeds[i], text_embeds[j], dim=0, eps=1e-8))
-            for j in range(n)
-        ]
-        if not sims:
-            unmatched.append(i)
-            continue
-        best = max(range(n), key=lambda j: (sims[j], -j))
-        (unmatched if sims[best] < threshold else buckets[best]).append(i)
-    sequence = list(unmatched)
-    for j in range(n):
-        text = [m + j]
-        sequence += buckets[j] + text if placement == "before" else text + buckets[j]
-    return torch.tensor(sequence, dtype=torch.long)
 
 
 def grounding_scores(

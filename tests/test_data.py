@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from gpslib.data import (  # noqa: E402
-    VQACollator,
-    conversation_text,
-    first_turn,
-    format_example,
-    format_prompt,
-    load_hub_vsft,
-    load_llava_instruct,
-)
-from gpslib.model import build_model, build_processor  # noqa: E402
-from gpslib.shapes import shapes_vqa  # noqa: E402
-
-torch.set_num_threads(1)
+from gpslib.chat_format import first_turn
+from gpslib.data import VQACollator, load_hub_vsft, load_llava_instruct
+from gpslib.model import build_model
+from gpslib.shapes_vqa import shapes_vqa
 
 
 def _msgs(q, a, n_image_parts=1):
@@ -35,11 +22,6 @@ def _msgs(q, a, n_image_parts=1):
 
 def _img(v=0):
     return Image.fromarray(np.full((20, 24, 3), v, np.uint8))
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return build_processor("test")
 
 
 @pytest.fixture
@@ -60,15 +42,6 @@ def hub_dir(tmp_path):
     datasets.Dataset.from_dict({k: good[k][3:] for k in good}, features=features).to_parquet(
         tmp_path / "data" / "test-00000-of-00001.parquet")
     return tmp_path
-
-
-def test_prompt_and_training_text_follow_the_real_format():
-    assert format_prompt("Is it red?") == "USER: <image>\nIs it red? ASSISTANT:"
-    assert format_example("Is it red?", "Yes.") == "USER: <image>\nIs it red? ASSISTANT: Yes.</s>"
-    text, spans = conversation_text(_msgs("Is it red?", "Yes."))
-    assert text == "USER: <image>\nIs it red? ASSISTANT: Yes.</s>"
-    assert [text[a:b] for a, b in spans] == ["Yes.</s>"]
-    assert first_turn(_msgs("q", "a")) == ("q", "a")
 
 
 def test_hub_layout_directory_loads_and_skips_bad_rows_with_a_warning(hub_dir, tmp_path):

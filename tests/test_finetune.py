@@ -2,15 +2,20 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from peft import get_peft_model
 
 from gpslib import finetune as ft
-from gpslib.model import build_model, build_processor
+from gpslib.data import VQACollator
+from gpslib.evaluation import evaluate_run
+from gpslib.model import build_model, build_processor, load_model
+from gpslib.shapes_vqa import shapes_vqa
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,10 +36,6 @@ def tiny(base_dir, **overrides):
 
 
 def test_lora_layers_sit_only_in_the_language_model(base_dir):
-    from peft import get_peft_model
-
-    from gpslib.model import load_model
-
     model, _ = load_model(base_dir, reorder="none")
     peft_model = get_peft_model(model, ft.lora_config(tiny(base_dir)))
     lora = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
@@ -45,12 +46,6 @@ def test_lora_layers_sit_only_in_the_language_model(base_dir):
 
 
 def test_one_step_changes_lora_b(base_dir):
-    from peft import get_peft_model
-
-    from gpslib.data import VQACollator
-    from gpslib.model import load_model
-    from gpslib.shapes import shapes_vqa
-
     model, processor = load_model(base_dir, reorder="cosine")
     peft_model = get_peft_model(model, ft.lora_config(tiny(base_dir)))
     peft_model.train()
@@ -118,8 +113,6 @@ def test_early_stopping_keeps_the_best_checkpoint(base_dir, tmp_path):
 
 
 def test_evaluate_run_reports_every_metric_and_caches(finished_run):
-    from gpslib.evaluation import evaluate_run
-
     run_dir, _ = finished_run
     result = evaluate_run(run_dir)
     assert {"bleu", "bertscore_f1", "meteor", "cider", "rouge_l", "val_loss", "accuracy"} <= set(result["metrics"])
@@ -143,6 +136,7 @@ def _cli(args, env_extra=None, launcher=(sys.executable,)):
     return subprocess.run([*launcher, *args], capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_cli_runs_end_to_end_in_the_smoke_profile(base_dir, tmp_path):
     proc = _cli(["-m", "gpslib.finetune", "--profile", "smoke", "--reorder", "oracle", "--run-dir",
                  str(tmp_path / "cli"), "--no-progress", "--set", f"model={base_dir}"])
@@ -151,12 +145,14 @@ def test_cli_runs_end_to_end_in_the_smoke_profile(base_dir, tmp_path):
     assert "val_loss" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cli_rejects_an_unknown_setting_by_name(tmp_path):
     proc = _cli(["-m", "gpslib.finetune", "--profile", "smoke", "--run-dir", str(tmp_path / "x"),
                  "--set", "colour=red"])
     assert proc.returncode == 2 and "colour" in proc.stderr
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_one_run_with_gloo(base_dir, tmp_path):
     proc = _cli(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                  "-m", "gpslib.finetune", "--profile", "smoke", "--reorder", "cosine", "--run-dir",
@@ -169,8 +165,6 @@ def test_two_cpu_processes_train_one_run_with_gloo(base_dir, tmp_path):
 
 
 def test_a_run_refuses_a_different_base_model(finished_run, base_dir, tmp_path):
-    import shutil
-
     run_dir, _ = finished_run
     other = tmp_path / "other-base"
     shutil.copytree(base_dir, other)

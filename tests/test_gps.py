@@ -3,25 +3,22 @@
 import pytest
 import torch
 
-from gpslib.gps import GumbelPermutationSinkformer
+from gpslib.gps import GPSSettings, GumbelPermutationSinkformer
 from gpslib.sinkhorn import is_permutation
-
-torch.set_num_threads(1)
 
 
 def _model(**kw):
     torch.manual_seed(0)
-    return GumbelPermutationSinkformer(dim=8, num_layers=3, ffn_dim=16, sinkhorn_iters=10, **kw)
+    return GumbelPermutationSinkformer(8, GPSSettings(num_layers=3, ffn_dim=16, sinkhorn_iters=10, **kw))
 
 
 def _tokens(b=2, n=6, d=8, seed=1):
     return torch.randn(b, n, d, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("memory_efficient", [False, True])
 @pytest.mark.parametrize("hard", [False, True])
-def test_every_parameter_receives_a_gradient(memory_efficient, hard):
-    model = _model(memory_efficient=memory_efficient)
+def test_every_parameter_receives_a_gradient(hard):
+    model = _model()
     P = model(_tokens(), tau=0.5, hard=hard)
     (P * torch.randn(P.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -81,11 +78,21 @@ def test_authors_sinkhorn_switch_runs_and_rejects_mask():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"num_layers": 0}, "num_layers.*0"), ({"sinkhorn_impl": "x"}, "'x'"), ({"noise_scale": -1.0}, "-1")],
+    [({"num_layers": 0}, "num_layers=0"), ({"sinkhorn_impl": "x"}, "'x'"), ({"noise_scale": -1.0}, "-1"),
+     ({"hard_method": "max"}, "'max'"), ({"tau_end": 0.0}, "tau_end=0.0"), ({"hard_after": 1.5}, "hard_after=1.5"),
+     ({"ffn_dim": 0}, "ffn_dim=0")],
 )
-def test_bad_constructor_arguments_raise_value_error_naming_the_value(kwargs, match):
+def test_bad_settings_raise_value_error_naming_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        GumbelPermutationSinkformer(dim=8, **kwargs)
+        GPSSettings(**kwargs)
+
+
+def test_settings_round_trip_through_a_dict_and_reject_unknown_keys():
+    settings = GPSSettings(alpha=0.25, tau_start=3.0)
+    assert GPSSettings.from_dict(settings.to_dict()) == settings
+    assert GPSSettings.from_dict(None) == GPSSettings()
+    with pytest.raises(ValueError, match="'layers'"):
+        GPSSettings.from_dict({"layers": 2})
 
 
 def test_bad_forward_arguments_raise_value_error_naming_the_value():

@@ -3,44 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
+
 
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-from gpslib.model import (  # noqa: E402
-    EMBEDDED_NAME,
-    SIZES,
-    build_model,
-    build_processor,
-    embedded_cache_dir,
-    fix_processor,
-    load_model,
-    tiny_llava_config,
-)
-from gpslib.shapes import make_sample  # noqa: E402
-
-torch.set_num_threads(1)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+from gpslib.model import MODEL_SIZES, build_model, build_processor, fix_processor, load_model, tiny_llava_config
+from gpslib.shapes_vqa import make_sample
 
 
 def _inputs(processor, size):
-    row = make_sample(0, seed=0, image_size=SIZES[size]["image_size"])
+    row = make_sample(0, seed=0, image_size=MODEL_SIZES[size]["image_size"])
     text = processor.apply_chat_template(row["messages"][:1], add_generation_prompt=True)
     return processor(images=row["images"], text=[text], return_tensors="pt")
 
 
-@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("size", list(MODEL_SIZES))
 def test_configs_have_the_real_architecture(size):
     c = tiny_llava_config(size)
     assert c.vision_config.model_type == "clip_vision_model" and c.text_config.model_type == "llama"
@@ -59,7 +37,7 @@ def test_mirror_has_the_real_token_ids_and_576_image_tokens():
     assert (c.vision_config.image_size, c.vision_config.patch_size, c.image_seq_length) == (336, 14, 576)
 
 
-@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("size", list(MODEL_SIZES))
 def test_image_placeholder_expands_to_vision_token_count(size):
     model, processor = build_model(size), build_processor(size)
     enc = _inputs(processor, size)
@@ -116,22 +94,6 @@ def test_mirror_loads_through_load_model_as_a_hub_id(tmp_path):
     assert int((enc.input_ids == 32000).sum()) == 576
     with torch.no_grad():
         assert loaded(**enc).logits.shape[-1] == 32064
-
-
-def test_embedded_name_without_cache_tells_how_to_build_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPSLIB_CACHE", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="gpslib.pretrain"):
-        load_model(EMBEDDED_NAME)
-
-
-def test_embedded_name_loads_from_the_cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("GPSLIB_CACHE", str(tmp_path))
-    path = embedded_cache_dir(seed=0)
-    assert path.parent == tmp_path and path.name.endswith("seed0")
-    build_model("test").save_pretrained(path)
-    build_processor("test").save_pretrained(path)
-    model, processor = load_model(EMBEDDED_NAME)
-    assert model.config.image_token_index == 768 and not model.training
 
 
 def test_bad_names_and_mismatched_processor_raise_value_errors():

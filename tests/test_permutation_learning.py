@@ -12,12 +12,11 @@ from gpslib.permutation_learning import (
     run_all_experiments,
     run_permutation_learning,
 )
-from gpslib.profiles import profile_settings
+from gpslib.run_profiles import profile_settings
 from gpslib.sinkhorn import order_to_perm_matrix
 
-torch.set_num_threads(1)
-
-TINY = {"n_tokens": 6, "dim": 16, "ffn_dim": 32, "num_layers": 2, "sinkhorn_iters": 10, "progress": False}
+GPS = {"ffn_dim": 32, "num_layers": 2, "sinkhorn_iters": 10}
+TINY = {"n_tokens": 6, "dim": 16, "gps": GPS, "progress": False}
 COLUMNS = ["step", "loss", "tau", "accuracy", "valid_fraction", "row_error", "eval_accuracy", "eval_exact"]
 
 
@@ -44,12 +43,14 @@ def test_seeded_runs_are_identical():
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"sinkhorn_impl": "authors", "hard_method": "argmax"}, {"ce_weight": 0.0, "entropy_weight": 0.0},
-     {"noise": False}, {"memory_efficient": True}],
+    [{"gps": {"sinkhorn_impl": "authors", "hard_method": "argmax"}}, {"ce_weight": 0.0, "entropy_weight": 0.0},
+     {"gps": {"noise_scale": 0.0}}],
 )
 def test_switches_run_and_give_finite_losses(overrides):
-    df = run_permutation_learning(steps=4, hard_after=0.25, **{**TINY, **overrides})
+    gps = {**GPS, "hard_after": 0.25, **overrides.pop("gps", {})}
+    df = run_permutation_learning(steps=4, **{**TINY, **overrides, "gps": gps})
     assert df.loss.map(math.isfinite).all()
+    assert df.attrs["settings"]["gps"]["hard_after"] == 0.25
 
 
 @pytest.mark.parametrize("task", ["fixed_perm_fresh_tokens", "sort"])

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from gpslib.processor import (
-    CHAT_TEMPLATE,
     build_image_processor,
     make_llava_processor,
     num_image_tokens,
@@ -40,17 +39,6 @@ def test_prompt_starts_with_bos_and_image_is_one_token(tok):
     ids = tok("USER: <image>\nHow many shapes are there? ASSISTANT:").input_ids
     assert ids[0] == 1 and ids.count(768) == 1 and 2 not in ids
     assert len(tok("How many shapes are there?").input_ids) <= 8  # the corpus' words are learned pieces
-
-
-def test_chat_template_renders_the_real_prompt_format(tok):
-    messages = [
-        {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": "Is it red?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Yes, it is red."}]},
-    ]
-    full = tok.apply_chat_template(messages, tokenize=False, chat_template=CHAT_TEMPLATE)
-    prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-    assert full == "USER: <image>\nIs it red? ASSISTANT: Yes, it is red.</s>"
-    assert prompt == "USER: <image>\nIs it red? ASSISTANT:"
 
 
 def test_image_processor_gives_normalised_square_pixels():

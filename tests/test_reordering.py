@@ -2,49 +2,16 @@
 
 import pytest
 import torch
-from transformers import LlavaForConditionalGeneration
+from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration, pipeline
 
+from conftest import N_ROWS
+from gpslib.chat_format import assistant_separator_ids, format_prompt
 from gpslib.data import VQACollator
-from gpslib.model import build_model, build_processor, tiny_llava_config
-from gpslib.reordering import ReorderingLlavaForConditionalGeneration, configure_reordering, prompt_segments
-from gpslib.shapes import shapes_vqa
+from gpslib.model import build_model, build_processor, load_model
+from gpslib.reordering import ReorderingLlavaForConditionalGeneration
+from gpslib.reordering_config import ReorderingLlavaConfig
 
-torch.set_num_threads(1)
-N_ROWS = 4
-
-
-@pytest.fixture(scope="module")
-def processor():
-    return build_processor("test")
-
-
-@pytest.fixture(scope="module")
-def plain():
-    return build_model("test", seed=0)
-
-
-@pytest.fixture(scope="module")
-def rows():
-    ds = shapes_vqa(N_ROWS, seed=0, split="train", image_size=32)
-    return [ds[i] for i in range(N_ROWS)]
-
-
-@pytest.fixture(scope="module")
-def train_batch(processor, rows):
-    return VQACollator(processor, "train", grounding=True)(rows)
-
-
-@pytest.fixture(scope="module")
-def gen_batch(processor, rows):
-    return VQACollator(processor, "generate", grounding=True)(rows)
-
-
-def make(plain, reorder, **kw):
-    config = configure_reordering(tiny_llava_config("test"), reorder=reorder, **kw)
-    model = ReorderingLlavaForConditionalGeneration(config)
-    missing, unexpected = model.load_state_dict(plain.state_dict(), strict=False)
-    assert not unexpected and all(k.startswith("reorder_gps.") for k in missing)
-    return model.eval()
+STRATEGIES = ["none", "cosine", "oracle", "gps"]
 
 
 def _strip(batch, keys=("input_ids", "attention_mask", "pixel_values", "labels", "reorder_assignment")):
@@ -60,95 +27,26 @@ def _sample(batch, i):
     return out
 
 
+def _new_position(order_row):
+    position = torch.empty_like(order_row)
+    position[order_row] = torch.arange(order_row.numel())
+    return position
+
+
+# ---------------------------------------------------------------------------- plain LLaVA and the seam
 @torch.no_grad()
-def test_none_matches_plain_llava(plain, train_batch):
+def test_none_matches_plain_llava(plain, reordering_model, train_batch, gen_batch):
     batch = _strip(train_batch, ("input_ids", "attention_mask", "pixel_values", "labels"))
-    ref = plain(**batch)
-    ours = make(plain, "none")(**batch)
-    assert torch.equal(ref.logits, ours.logits)
-    assert torch.equal(ref.loss, ours.loss)
+    ref, ours = plain(**batch), reordering_model("none")(**batch)
+    assert torch.equal(ref.logits, ours.logits) and torch.equal(ref.loss, ours.loss)
+    gen = _strip(gen_batch, ("input_ids", "attention_mask", "pixel_values"))
+    assert torch.equal(plain.generate(**gen, max_new_tokens=4, do_sample=False),
+                       reordering_model("none").generate(**gen, max_new_tokens=4, do_sample=False))
 
 
 @torch.no_grad()
-def test_unreachable_cosine_threshold_leaves_an_image_first_prompt_unchanged(plain, processor, rows):
-    tok = processor.tokenizer
-    m = plain.config.image_seq_length
-    text = tok(" What colour is the circle? ASSISTANT:", add_special_tokens=False)["input_ids"]
-    ids = torch.tensor([[tok.bos_token_id] + [plain.config.image_token_id] * m + text])
-    pixels = VQACollator(processor, "generate")(rows[:1])["pixel_values"]
-    ref = plain(input_ids=ids, pixel_values=pixels).logits
-    model = make(plain, "cosine", threshold=1.0)
-    r = model.reorder_inputs(ids, pixels)
-    assert torch.equal(r.order, torch.arange(ids.shape[1])[None])
-    assert torch.allclose(model(input_ids=ids, pixel_values=pixels).logits, ref, atol=1e-6, rtol=0)
-
-
-@pytest.mark.parametrize("reorder", ["cosine", "oracle", "gps"])
-@torch.no_grad()
-def test_batched_results_equal_per_sample_results(plain, train_batch, reorder):
-    # gps: the soft, noise-free P (a hard permutation may swap near-identical background
-    # patches between runs whose logits differ in the last bits; the soft P may not)
-    model = make(plain, reorder, threshold=0.0, gps={"noise_scale": 0.0, "hard": False, "sinkhorn_iters": 20})
-    if reorder == "gps":
-        model.train()
-    batch = _strip(train_batch)
-    out = model(**batch)
-    for i in range(N_ROWS):
-        alone = _sample(batch, i)
-        logits = model(**alone).logits[0]
-        n = logits.shape[0]  # right padding: the real tokens come first
-        assert torch.allclose(out.logits[i, :n], logits, atol=1e-5, rtol=0), i
-
-
-@pytest.mark.parametrize("reorder", ["none", "cosine", "oracle"])
-@torch.no_grad()
-def test_left_padded_generation_equals_per_sample_generation(plain, gen_batch, reorder):
-    model = make(plain, reorder, threshold=0.0)
-    batch = _strip(gen_batch)
-    new = model.generate(**batch, max_new_tokens=6, do_sample=False)
-    assert new.shape == (N_ROWS, 6)
-    for i in range(N_ROWS):
-        alone = model.generate(**_sample(batch, i), max_new_tokens=6, do_sample=False)
-        assert torch.equal(new[i], alone[0]), i
-
-
-@torch.no_grad()
-def test_generate_equals_a_step_by_step_greedy_decode_of_forward(plain, gen_batch):
-    model = make(plain, "cosine", threshold=0.0)
-    sample = _sample(_strip(gen_batch), 1)
-    new = model.generate(**sample, max_new_tokens=5, do_sample=False, eos_token_id=None)
-    r = model.reorder_inputs(sample["input_ids"], sample["pixel_values"], sample["attention_mask"])
-    embeds = r.inputs_embeds
-    greedy = []
-    for _ in range(5):
-        logits = LlavaForConditionalGeneration.forward(model, inputs_embeds=embeds).logits
-        token = logits[:, -1].argmax(-1)  # (1,)
-        greedy.append(int(token))
-        embeds = torch.cat([embeds, model.get_input_embeddings()(token)[:, None]], dim=1)
-    assert new[0].tolist() == greedy
-
-
-@torch.no_grad()
-def test_answer_tokens_padding_and_labels_stay_in_place(plain, train_batch):
-    model = make(plain, "cosine", threshold=0.0)
-    batch = _strip(train_batch)
-    r = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
-    fixed = (batch["labels"] != -100) | (batch["attention_mask"] == 0)
-    positions = torch.arange(batch["input_ids"].shape[1]).expand_as(r.order)
-    assert torch.equal(r.order[fixed], positions[fixed])
-    assert torch.equal(r.order[:, 0], torch.zeros(N_ROWS, dtype=torch.long))  # BOS first
-    assert torch.equal(r.labels, batch["labels"])
-    # what moved with the tokens: the labels and mask read in the order are the same
-    assert torch.equal(batch["labels"].gather(1, r.order), r.labels)
-    assert torch.equal(batch["attention_mask"].gather(1, r.order), r.attention_mask)
-    assert not torch.equal(r.order, torch.arange(r.order.shape[1]).expand_as(r.order))  # something moved
-    for row in r.order:
-        assert sorted(row.tolist()) == list(range(len(row)))
-
-
-@torch.no_grad()
-def test_reordered_embeddings_are_transformers_merge_read_in_the_order(plain, train_batch):
-    model = make(plain, "cosine", threshold=0.0)
+def test_reordered_embeddings_are_transformers_merge_read_in_the_order(reordering_model, train_batch):
+    model = reordering_model("cosine", threshold=0.0)
     ids, pixels = train_batch["input_ids"], train_batch["pixel_values"]
     r = model.reorder_inputs(ids, pixels, train_batch["attention_mask"], train_batch["labels"])
     embeds = model.get_input_embeddings()(ids)
@@ -160,152 +58,312 @@ def test_reordered_embeddings_are_transformers_merge_read_in_the_order(plain, tr
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("placement", ["before", "after"])
-@pytest.mark.parametrize("batch_name", ["train_batch", "gen_batch"])
-def test_compiled_cpu_cosine_path_equals_the_tensor_path(plain, placement, batch_name, request, monkeypatch):
-    import gpslib.reordering as reordering
-
-    model = make(plain, "cosine", threshold=0.0, placement=placement)
-    batch = request.getfixturevalue(batch_name)
-    args = (batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch.get("labels"))
-    fused = model.reorder_inputs(*args)
-    monkeypatch.setattr(reordering, "_FUSED_CPU", False)
-    tensor = model.reorder_inputs(*args)
-    assert not torch.equal(fused.order, torch.arange(fused.order.shape[1]).expand_as(fused.order))
-    assert torch.equal(fused.order, tensor.order)
-    assert torch.equal(fused.inputs_embeds, tensor.inputs_embeds)
-    for name, value in tensor.segments.items():
-        assert torch.equal(fused.segments[name], value), name
-    assert (fused.position_ids is None) == (tensor.position_ids is None)
+def test_unreachable_cosine_threshold_leaves_an_image_first_prompt_and_its_logits_unchanged(
+        plain, reordering_model, processor, gen_batch):
+    # Algorithm 1 puts unmatched image tokens right before all text tokens (after BOS), so a
+    # prompt that starts with its image is left as it is when nothing reaches the threshold
+    tok = processor.tokenizer
+    model = reordering_model("cosine", threshold=1.0)
+    text = tok(" What colour is the circle? ASSISTANT:", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([[tok.bos_token_id] + [model.config.image_token_id] * model.config.image_seq_length + text])
+    pixels = gen_batch["pixel_values"][:1]
+    r = model.reorder_inputs(ids, pixels)
+    assert torch.equal(r.order, torch.arange(ids.shape[1])[None])
+    assert torch.equal(model(input_ids=ids, pixel_values=pixels).logits, plain(input_ids=ids, pixel_values=pixels).logits)
 
 
-def test_compiled_cosine_path_gives_the_tensor_paths_gradients(plain, train_batch, monkeypatch):
-    import gpslib.reordering as reordering
+@pytest.mark.parametrize("reorder", ["cosine", "oracle", "gps"])
+@torch.no_grad()
+def test_batched_results_equal_per_sample_results(reordering_model, train_batch, reorder):
+    # gps: the soft, noise-free P (a hard permutation may swap near-identical background
+    # patches between runs whose logits differ in the last bits; the soft P may not)
+    model = reordering_model(reorder, threshold=0.0, gps={"noise_scale": 0.0, "sinkhorn_iters": 20})
+    if reorder == "gps":
+        model.train()
+    batch = _strip(train_batch)
+    out = model(**batch)
+    for i in range(N_ROWS):
+        logits = model(**_sample(batch, i)).logits[0]
+        n = logits.shape[0]  # right padding: the real tokens come first
+        assert torch.allclose(out.logits[i, :n], logits, atol=1e-5, rtol=0), i
 
-    grads = []
-    for fused in (True, False):
-        monkeypatch.setattr(reordering, "_FUSED_CPU", fused)
-        model = make(plain, "cosine", threshold=0.0).train()
-        model(**_strip(train_batch)).loss.backward()
-        grads.append(model.model.multi_modal_projector.linear_2.weight.grad)
-    assert grads[0].abs().sum() > 0
-    assert torch.equal(grads[0], grads[1])
+
+@torch.no_grad()
+def test_answer_tokens_padding_and_labels_stay_in_place(reordering_model, train_batch):
+    model = reordering_model("cosine", threshold=0.0)
+    batch = _strip(train_batch)
+    r = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
+    fixed = (batch["labels"] != -100) | (batch["attention_mask"] == 0)
+    positions = torch.arange(batch["input_ids"].shape[1]).expand_as(r.order)
+    assert torch.equal(r.order[fixed], positions[fixed])
+    assert torch.equal(r.order[:, 0], torch.zeros(N_ROWS, dtype=torch.long))  # BOS first
+    assert torch.equal(r.labels, batch["labels"])
+    assert torch.equal(batch["attention_mask"].gather(1, r.order), r.attention_mask)
+    assert not torch.equal(r.order, positions)  # something moved
+    for row in r.order:
+        assert sorted(row.tolist()) == list(range(len(row)))
 
 
-def test_images_that_do_not_match_the_placeholders_raise_a_clear_error(plain, train_batch):
-    model = make(plain, "cosine")
+def test_images_that_do_not_match_the_placeholders_raise_a_clear_error(reordering_model, train_batch):
+    model = reordering_model("cosine")
     with pytest.raises(ValueError, match=r"image features and image tokens do not match.*\d+ <image> tokens"):
         model(input_ids=train_batch["input_ids"], pixel_values=train_batch["pixel_values"][:-1],
               attention_mask=train_batch["attention_mask"])
 
 
 @torch.no_grad()
-def test_oracle_puts_each_objects_patches_right_before_its_word(plain, gen_batch):
-    model = make(plain, "oracle")
+def test_oracle_puts_each_objects_patches_right_before_its_word(reordering_model, gen_batch):
+    model = reordering_model("oracle")
     batch = _strip(gen_batch)
     r = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], None,
                              batch["reorder_assignment"])
-    seg = r.segments
     for b in range(N_ROWS):
         assignment = batch["reorder_assignment"][b]
-        new_position = torch.empty_like(r.order[b])
-        new_position[r.order[b]] = torch.arange(r.order.shape[1])
+        new_position = _new_position(r.order[b])
         for word in assignment[assignment >= 0].unique().tolist():
-            patches = seg["image_pos"][b][assignment == word]
-            word_pos = new_position[seg["text_pos"][b][word]]
+            patches = r.layout.image_pos[b][assignment == word]
+            word_pos = new_position[r.layout.text_pos[b][word]]
             assert sorted(new_position[patches].tolist()) == list(range(word_pos - len(patches), word_pos))
 
 
-def test_gps_gradients_reach_the_projector_and_every_sinkformer_parameter(plain, train_batch):
-    model = make(plain, "gps", gps={"num_layers": 2, "sinkhorn_iters": 10, "hard": True})
-    model.train()
+def test_oracle_without_assignment_raises(reordering_model, gen_batch):
+    with pytest.raises(ValueError, match="reorder_assignment"):
+        reordering_model("oracle")(**_strip(gen_batch, ("input_ids", "attention_mask", "pixel_values")))
+
+
+def test_validation_loss_of_a_reordering_model_is_its_training_loss(reordering_model, train_batch):
+    from gpslib.metrics import validation_loss
+
+    model = reordering_model("cosine", threshold=0.0)
+    batch = _strip(train_batch)
+    with torch.no_grad():
+        assert validation_loss(model, [batch]) == pytest.approx(float(model(**batch).loss), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------- GPS
+def test_gps_gradients_reach_the_projector_and_every_sinkformer_parameter(reordering_model, train_batch):
+    model = reordering_model("gps", gps={"num_layers": 2, "sinkhorn_iters": 10}).train()
+    model.gps_hard = True
     torch.manual_seed(0)
-    out = model(**_strip(train_batch))
-    out.loss.backward()
+    model(**_strip(train_batch)).loss.backward()
     assert model.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
     for name, p in model.reorder_gps.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
 @torch.no_grad()
-def test_gps_inference_is_a_deterministic_permutation(plain, gen_batch):
-    model = make(plain, "gps", gps={"num_layers": 2, "sinkhorn_iters": 20})
+def test_gps_inference_is_a_deterministic_permutation(reordering_model, gen_batch):
+    model = reordering_model("gps", gps={"num_layers": 2, "sinkhorn_iters": 20})
     batch = _strip(gen_batch)
     a = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"])
     b = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"])
-    assert torch.equal(a.order, b.order)
+    assert torch.equal(a.order, b.order) and torch.equal(a.inputs_embeds, b.inputs_embeds)
     for row in a.order:
         assert sorted(row.tolist()) == list(range(len(row)))
-    assert torch.equal(a.inputs_embeds, b.inputs_embeds)
 
 
-def test_settings_survive_save_and_load(plain, tmp_path, train_batch):
-    model = make(plain, "gps", placement="after", gps={"num_layers": 2, "alpha": 0.25})
+@torch.no_grad()
+def test_gps_reorders_a_prompt_with_no_question_words(reordering_model, processor, gen_batch):
+    model = reordering_model("gps", gps={"num_layers": 2, "sinkhorn_iters": 10})
+    m = model.config.image_seq_length
+    separator = model.config.assistant_separator_ids
+    ids = torch.tensor([[processor.tokenizer.bos_token_id] + [model.config.image_token_id] * m + separator])
+    out = model.generate(input_ids=ids, pixel_values=gen_batch["pixel_values"][:1], max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 3)
+
+
+def test_switching_strategy_after_construction_is_checked(reordering_model, train_batch):
+    model = reordering_model("cosine")
+    with pytest.raises(ValueError, match="'random'"):
+        model.config.reorder = "random"
+    model.config.reorder = "gps"
+    with pytest.raises(ValueError, match="without a Sinkformer"):
+        model(**_strip(train_batch))
+
+
+# ---------------------------------------------------------------------------- generate: transformers' conventions
+@pytest.mark.parametrize("reorder", STRATEGIES)
+@torch.no_grad()
+def test_generate_returns_the_prompt_then_the_new_tokens_like_plain_llava(plain, reordering_model, gen_batch, reorder):
+    model = reordering_model(reorder, threshold=0.0)
+    batch = _strip(gen_batch)
+    out = model.generate(**batch, max_new_tokens=5, do_sample=False)
+    t = batch["input_ids"].shape[1]
+    assert out.shape == (N_ROWS, t + 5) and torch.equal(out[:, :t], batch["input_ids"])
+    ref = plain.generate(**_strip(gen_batch, ("input_ids", "attention_mask", "pixel_values")), max_new_tokens=5,
+                         do_sample=False)
+    assert ref.shape == out.shape and torch.equal(ref[:, :t], out[:, :t])
+
+
+@pytest.mark.parametrize("reorder", STRATEGIES)
+@torch.no_grad()
+def test_generate_options_work_for_every_strategy(reordering_model, gen_batch, reorder):
+    model = reordering_model(reorder, threshold=0.0)
+    batch = _strip(gen_batch)
+    t = batch["input_ids"].shape[1]
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_scores=True)
+    assert out.sequences.shape == (N_ROWS, t + 3) and len(out.scores) == 3
+    torch.manual_seed(0)
+    sampled = model.generate(**batch, max_new_tokens=3, do_sample=True, top_k=5)
+    assert sampled.shape == (N_ROWS, t + 3)
+    beams = model.generate(**batch, max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    assert beams.shape == (2 * N_ROWS, t + 3)
+    assert torch.equal(beams[::2, :t], batch["input_ids"])
+
+
+@pytest.mark.parametrize("reorder", ["none", "cosine", "oracle"])
+@torch.no_grad()
+def test_left_padded_generation_equals_per_sample_generation(reordering_model, gen_batch, reorder):
+    model = reordering_model(reorder, threshold=0.0, position_gap=7)
+    batch = _strip(gen_batch)
+    t = batch["input_ids"].shape[1]
+    new = model.generate(**batch, max_new_tokens=6, do_sample=False)[:, t:]
+    for i in range(N_ROWS):
+        alone = _sample(batch, i)
+        out = model.generate(**alone, max_new_tokens=6, do_sample=False)
+        assert torch.equal(new[i], out[0, alone["input_ids"].shape[1]:]), i
+
+
+@pytest.mark.parametrize("settings", [{"reorder": "cosine", "threshold": 0.0}, {"reorder": "none", "position_gap": 300},
+                                      {"reorder": "oracle", "position_gap": 40, "position_scheme": "v2pe"},
+                                      {"reorder": "none", "position_scheme": "cca", "position_gap": 5}])
+@torch.no_grad()
+def test_generate_equals_a_step_by_step_greedy_decode_of_forward(reordering_model, gen_batch, settings):
+    model = reordering_model(**settings)
+    sample = _sample(_strip(gen_batch), 1)
+    t = sample["input_ids"].shape[1]
+    new = model.generate(**sample, max_new_tokens=5, do_sample=False, eos_token_id=None)[0, t:]
+    r = model.reorder_inputs(sample["input_ids"], sample["pixel_values"], sample["attention_mask"], None,
+                             sample.get("reorder_assignment"))
+    embeds, positions = r.inputs_embeds, r.position_ids
+    greedy = []
+    for _ in range(5):
+        logits = LlavaForConditionalGeneration.forward(model, inputs_embeds=embeds, position_ids=positions,
+                                                       attention_mask=torch.ones(embeds.shape[:2])).logits
+        token = logits[:, -1].argmax(-1)  # (1,)
+        greedy.append(int(token))
+        embeds = torch.cat([embeds, model.get_input_embeddings()(token)[:, None]], dim=1)
+        positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+    assert new.tolist() == greedy
+
+
+def test_the_image_text_to_text_pipeline_runs_with_the_class(reordering_model, processor, rows):
+    model = reordering_model("cosine", threshold=0.0)
+    pipe = pipeline("image-text-to-text", model=model, processor=processor)
+    out = pipe(images=rows[0]["images"][0], text=format_prompt("What colour is the circle?"),
+               generate_kwargs={"max_new_tokens": 4, "do_sample": False}, return_full_text=False)
+    assert isinstance(out[0]["generated_text"], str)
+
+
+# ---------------------------------------------------------------------------- the end of the prompt
+@torch.no_grad()
+def test_trl_style_labels_reorder_exactly_like_gpslib_collator_labels(reordering_model, train_batch):
+    model = reordering_model("cosine", threshold=0.0)
+    batch = _strip(train_batch)
+    image = batch["input_ids"] == model.config.image_token_id
+    trl = batch["input_ids"].masked_fill((batch["attention_mask"] == 0) | image, -100)  # as TRL's collators label
+    ours = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
+    theirs = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], trl)
+    assert torch.equal(ours.order, theirs.order) and torch.equal(ours.inputs_embeds, theirs.inputs_embeds)
+    assert torch.equal(theirs.labels, trl.gather(1, theirs.order))  # labels move with their tokens
+    moved = (ours.order != torch.arange(ours.order.shape[1])).sum()
+    assert moved > 0
+
+
+def test_labels_that_cover_image_tokens_raise_value_error(reordering_model, train_batch):
+    model = reordering_model("cosine")
+    labels = train_batch["input_ids"].masked_fill(train_batch["attention_mask"] == 0, -100)
+    with pytest.raises(ValueError, match="cover image tokens"):
+        model(**dict(_strip(train_batch), labels=labels))
+
+
+def test_prompts_without_image_or_separator_raise_value_errors(reordering_model, processor, gen_batch):
+    model = reordering_model("cosine")
+    ids = processor.tokenizer(format_prompt("hello").replace("<image>\n", ""), return_tensors="pt")["input_ids"]
+    with pytest.raises(ValueError, match="no image token"):
+        model.prompt_layout(ids)
+    no_separator = gen_batch["input_ids"][:1, :-2]
+    with pytest.raises(ValueError, match="no assistant separator"):
+        model.prompt_layout(no_separator)
+
+
+# ---------------------------------------------------------------------------- config, save and load, Auto classes
+def test_settings_survive_save_and_load_through_the_auto_classes(reordering_model, processor, tmp_path):
+    model = reordering_model("gps", placement="after", position_gap=64, position_scheme="v2pe", v2pe_delta=0.5,
+                             gps={"num_layers": 2, "alpha": 0.25})
     model.save_pretrained(tmp_path)
-    loaded = ReorderingLlavaForConditionalGeneration.from_pretrained(tmp_path).eval()
-    assert loaded.config.reorder == "gps" and loaded.config.reorder_placement == "after"
-    assert loaded.config.reorder_gps["alpha"] == 0.25 and loaded.config.reorder_threshold == 0.1
-    for (name, p), (_, q) in zip(model.reorder_gps.named_parameters(), loaded.reorder_gps.named_parameters()):
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert type(loaded) is ReorderingLlavaForConditionalGeneration
+    c = loaded.config
+    assert (c.reorder, c.placement, c.threshold, c.position_gap, c.position_scheme, c.v2pe_delta) == (
+        "gps", "after", 0.1, 64, "v2pe", 0.5)
+    assert c.gps["alpha"] == 0.25 and c.assistant_separator_ids == model.config.assistant_separator_ids
+    for (name, p), (_, q) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(p, q), name
 
 
-def test_absent_settings_mean_none():
-    config = configure_reordering(tiny_llava_config("test"))
-    assert config.reorder == "none"
+def test_from_pretrained_takes_settings_as_keywords_on_a_plain_checkpoint(plain, processor, tmp_path):
+    plain.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    model = ReorderingLlavaForConditionalGeneration.from_pretrained(tmp_path, reorder="cosine", threshold=0.2)
+    assert model.config.reorder == "cosine" and model.config.threshold == 0.2
+    assert model.config.assistant_separator_ids == assistant_separator_ids(processor.tokenizer)
+    for (name, p), (_, q) in zip(plain.state_dict().items(), model.state_dict().items()):
+        assert torch.equal(p, q), name
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"reorder": "random"}, r"'none', 'cosine', 'gps', 'oracle'.*'random'"),
-        ({"threshold": 2.0}, "reorder_threshold=2.0"),
-        ({"placement": "middle"}, "'middle'"),
-        ({"gps": {"layers": 3}}, "'layers'"),
-        ({"gps": {"tau": 0.0}}, "tau=0.0"),
-    ],
-)
-def test_bad_settings_raise_value_error_naming_the_value(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        configure_reordering(tiny_llava_config("test"), **kwargs)
+def test_a_plain_checkpoint_of_the_papers_geometry_loads_and_reorders(tmp_path):
+    mirror, processor = build_model("mirror", seed=0), build_processor("mirror")
+    mirror.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    model = ReorderingLlavaForConditionalGeneration.from_pretrained(tmp_path, reorder="cosine", threshold=-1.0).eval()
+    assert model.config.image_seq_length == 576
+    from gpslib.shapes_vqa import make_sample
 
-
-@torch.no_grad()
-def test_prompt_without_image_placeholder_raises_a_clear_error(plain, processor):
-    ids = processor.tokenizer("USER: hello ASSISTANT:", return_tensors="pt")["input_ids"]
-    with pytest.raises(ValueError, match="no image placeholder"):
-        prompt_segments(ids, None, None, plain.config.image_token_id, 1)
-
-
-@torch.no_grad()
-def test_oracle_without_assignment_raises(plain, gen_batch):
-    model = make(plain, "oracle")
-    batch = _strip(gen_batch, ("input_ids", "attention_mask", "pixel_values"))
-    with pytest.raises(ValueError, match="reorder_assignment"):
-        model(**batch)
+    row = make_sample(0, image_size=336)
+    batch = VQACollator(processor, "generate")([row])
+    with torch.no_grad():
+        r = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"])
+    assert r.layout.image_pos.shape == (1, 576)
+    assert (r.order != torch.arange(r.order.shape[1])).any()  # threshold -1: every image token moves
 
 
 def test_load_model_turns_a_plain_checkpoint_into_a_reordering_model(plain, processor, tmp_path):
-    from gpslib.model import ReorderingLlavaForConditionalGeneration as Exported
-    from gpslib.model import load_model
-
-    assert Exported is ReorderingLlavaForConditionalGeneration
     plain.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     model, _ = load_model(tmp_path, reorder="cosine", threshold=0.2)
     assert isinstance(model, ReorderingLlavaForConditionalGeneration)
-    assert model.config.reorder == "cosine" and model.config.reorder_threshold == 0.2
-    for (name, p), (_, q) in zip(plain.named_parameters(), model.named_parameters()):
-        assert torch.equal(p, q), name
+    assert model.config.reorder == "cosine" and model.config.threshold == 0.2
     model.save_pretrained(tmp_path / "again")
     processor.save_pretrained(tmp_path / "again")
     again, _ = load_model(tmp_path / "again")
     assert isinstance(again, ReorderingLlavaForConditionalGeneration) and again.config.reorder == "cosine"
 
 
-@torch.no_grad()
-def test_validation_loss_of_a_reordering_model_is_its_training_loss(plain, train_batch):
-    from gpslib.metrics import validation_loss
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"reorder": "random"}, r"'none', 'cosine', 'gps', 'oracle'.*'random'"),
+        ({"threshold": 2.0}, "threshold=2.0"),
+        ({"placement": "middle"}, "'middle'"),
+        ({"gps": {"layers": 3}}, "'layers'"),
+        ({"gps": {"tau_end": 0.0}}, "tau_end=0.0"),
+        ({"position_gap": -1}, "position_gap=-1"),
+        ({"position_gap": 2.5}, "position_gap=2.5"),
+        ({"position_scheme": "spiral"}, "'spiral'"),
+        ({"v2pe_delta": 0.0}, "v2pe_delta=0.0"),
+        ({"v2pe_delta": 1.0}, "v2pe_delta=1.0"),
+    ],
+)
+def test_bad_settings_raise_value_error_naming_the_value(plain, settings, match):
+    with pytest.raises(ValueError, match=match):
+        ReorderingLlavaConfig(**plain.config.to_dict() | settings)
+    config = ReorderingLlavaConfig(**plain.config.to_dict())
+    name, value = next(iter(settings.items()))
+    with pytest.raises(ValueError, match=match):
+        setattr(config, name, value)
 
-    model = make(plain, "cosine", threshold=0.0)
-    batch = _strip(train_batch)
-    assert validation_loss(model, [batch]) == pytest.approx(float(model(**batch).loss), rel=1e-6)
+
+def test_a_plain_config_means_no_reordering(plain):
+    model = ReorderingLlavaForConditionalGeneration(plain.config)
+    assert model.config.reorder == "none" and model.config.position_gap == 0

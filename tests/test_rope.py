@@ -83,7 +83,7 @@ def test_correlated_pairs_have_the_requested_cosine():
 
 def test_grouped_layout_brings_related_pairs_adjacent():
     assignment = torch.tensor([-1, 1, -1, 0])  # 4 image tokens, 2 text tokens
-    order = rope.prompt_layout(assignment, 2)
+    order = rope.grouped_prompt_order(assignment, 2, "before")
     # [BOS, img0, img2, img3, text0, img1, text1]
     assert order.tolist() == [0, 1, 3, 4, 5, 2, 6]
     pairs = torch.tensor([[5, 4], [6, 2]])  # (text0, img3), (text1, img1)

@@ -9,6 +9,7 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # runs run_all.sh in subprocesses
 
 
 def _notebook(path: Path, *sources: str) -> None:
@@ -22,7 +23,7 @@ def _notebook(path: Path, *sources: str) -> None:
 
 WRITE = (
     "import pandas as pd\n"
-    "from gpslib.publish import save_table\n"
+    "from gpslib.figures import save_table\n"
     "save_table(pd.DataFrame({{'v': [{value}]}}), '{name}', profile)\n"
 )
 

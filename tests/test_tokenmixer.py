@@ -3,11 +3,12 @@
 import pytest
 import torch
 
-from gpslib.tokenmixer import grouped_order
+from gpslib.comparison_only import cosine_reorder_per_token
+from gpslib.tokenmixer import cosine_assignment, cosine_reorder, grounding_scores, grouped_order, similarity_stats
 
 
 def test_unmatched_image_tokens_come_first_then_each_group_before_its_word():
-    order = grouped_order(torch.tensor([-1, 1, 0, 1, -1]), n_text=3)
+    order = grouped_order(torch.tensor([-1, 1, 0, 1, -1]), n_text=3, placement="before")
     # image 0..4, text 5..7
     assert order.tolist() == [0, 4, 2, 5, 1, 3, 6, 7]
 
@@ -18,38 +19,31 @@ def test_after_placement_puts_the_word_before_its_group():
 
 
 def test_nothing_matched_keeps_the_image_first_order():
-    order = grouped_order(torch.full((6,), -1), n_text=4)
+    order = grouped_order(torch.full((6,), -1), n_text=4, placement="before")
     assert order.tolist() == list(range(10))
 
 
 def test_batched_order_equals_per_sample_orders():
     g = torch.Generator().manual_seed(0)
     assignment = torch.randint(-1, 5, (3, 7), generator=g)
-    batched = grouped_order(assignment, n_text=5)
+    batched = grouped_order(assignment, n_text=5, placement="after")
     for b in range(3):
-        assert torch.equal(batched[b], grouped_order(assignment[b], n_text=5))
+        assert torch.equal(batched[b], grouped_order(assignment[b], n_text=5, placement="after"))
         assert sorted(batched[b].tolist()) == list(range(12))
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"assignment": torch.tensor([0, 3]), "n_text": 3}, r"\[0, 3\]"),
+        ({"assignment": torch.tensor([0, 3]), "n_text": 3, "placement": "before"}, r"\[0, 3\]"),
         ({"assignment": torch.tensor([0]), "n_text": 2, "placement": "middle"}, "'middle'"),
-        ({"assignment": torch.tensor([0]), "n_text": -1}, "n_text=-1"),
+        ({"assignment": torch.tensor([0]), "n_text": -1, "placement": "before"}, "n_text=-1"),
+        ({"assignment": torch.tensor([0.0]), "n_text": 1, "placement": "before"}, "integer"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
         grouped_order(**kwargs)
-
-
-from gpslib.tokenmixer import (  # noqa: E402
-    cosine_assignment,
-    cosine_reorder,
-    cosine_reorder_loop,
-    similarity_stats,
-)
 
 
 def _embeds(seed, *shape):
@@ -58,17 +52,19 @@ def _embeds(seed, *shape):
 
 @pytest.mark.parametrize("placement", ["before", "after"])
 @pytest.mark.parametrize("threshold", [-1.0, 0.0, 0.1, 0.3])
-def test_vectorised_reorder_equals_the_literal_algorithm(placement, threshold):
-    image, text = _embeds(0, 12, 8), _embeds(1, 5, 8)
-    expected = cosine_reorder_loop(image, text, threshold, placement)
-    assert torch.equal(cosine_reorder(image, text, threshold, placement), expected)
+def test_vectorised_reorder_equals_the_authors_per_token_loop(placement, threshold):
+    for seed in range(20):
+        n = seed % 6  # no text at all, too
+        image, text = _embeds(seed, 12, 8), _embeds(100 + seed, n, 8)
+        expected = cosine_reorder_per_token(image, text, threshold, placement)
+        assert torch.equal(cosine_reorder(image, text, threshold, placement), expected), seed
 
 
 def test_threshold_no_token_reaches_leaves_image_first_order():
     image, text = _embeds(2, 6, 4), _embeds(3, 3, 4)
     # a threshold above every similarity: nothing moves
-    best = similarity_stats(image, text)["best"].max().item()
-    order = cosine_reorder(image, text, threshold=min(1.0, best + 1e-3))
+    best = similarity_stats(image, text, threshold=0.1)["best"].max().item()
+    order = cosine_reorder(image, text, threshold=min(1.0, best + 1e-3), placement="before")
     assert order.tolist() == list(range(9))
 
 
@@ -83,23 +79,23 @@ def test_batched_reorder_with_padding_equals_per_sample_reorder():
     image, text = _embeds(4, 3, 10, 8), _embeds(5, 3, 6, 8)
     lengths = [6, 4, 2]
     mask = torch.arange(6)[None, :] < torch.tensor(lengths)[:, None]
-    batched = cosine_reorder(image, text, 0.05, text_mask=mask)
+    batched = cosine_reorder(image, text, 0.05, "before", text_mask=mask)
     for b, n in enumerate(lengths):
-        alone = cosine_reorder(image[b], text[b, :n], 0.05)
+        alone = cosine_reorder(image[b], text[b, :n], 0.05, "before")
         real = batched[b][(batched[b] < 10 + n)]  # drop padded text positions
         assert torch.equal(real, alone)
 
 
 def test_no_image_tokens_leaves_the_text_in_order():
-    assert grouped_order(torch.empty(0, dtype=torch.long), n_text=3).tolist() == [0, 1, 2]
-    assert cosine_reorder(torch.zeros(2, 0, 4), torch.ones(2, 3, 4)).tolist() == [[0, 1, 2]] * 2
+    assert grouped_order(torch.empty(0, dtype=torch.long), n_text=3, placement="before").tolist() == [0, 1, 2]
+    assert cosine_reorder(torch.zeros(2, 0, 4), torch.ones(2, 3, 4), 0.1, "before").tolist() == [[0, 1, 2]] * 2
 
 
 def test_empty_text_leaves_every_image_token_unmatched():
     image = _embeds(6, 4, 8)
-    order = cosine_reorder(image, torch.zeros(0, 8))
+    order = cosine_reorder(image, torch.zeros(0, 8), 0.1, "after")
     assert order.tolist() == [0, 1, 2, 3]
-    assert similarity_stats(image, torch.zeros(0, 8))["fraction_moved"] == 0.0
+    assert similarity_stats(image, torch.zeros(0, 8), 0.1)["fraction_moved"] == 0.0
 
 
 def test_fraction_moved_counts_matched_image_tokens():
@@ -111,11 +107,12 @@ def test_fraction_moved_counts_matched_image_tokens():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(2, 4)), "D=3"),
-        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(2, 3), threshold=1.5), "threshold=1.5"),
-        (lambda: cosine_reorder(torch.ones(2, 2, 3), torch.ones(3, 2, 3)), "B=2"),
-        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(1, 2, 3)), "both"),
-        (lambda: cosine_assignment(torch.ones(2, 3), torch.ones(2, 3), text_mask=torch.ones(3, dtype=torch.bool)), r"\(2,\)"),
+        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(2, 4), 0.1, "before"), "D=3"),
+        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(2, 3), threshold=1.5, placement="before"), "threshold=1.5"),
+        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(2, 3), threshold=True, placement="before"), "threshold=True"),
+        (lambda: cosine_reorder(torch.ones(2, 2, 3), torch.ones(3, 2, 3), 0.1, "before"), "B=2"),
+        (lambda: cosine_reorder(torch.ones(2, 3), torch.ones(1, 2, 3), 0.1, "before"), "both"),
+        (lambda: cosine_assignment(torch.ones(2, 3), torch.ones(2, 3), 0.1, text_mask=torch.ones(3, dtype=torch.bool)), r"\(2,\)"),
     ],
 )
 def test_bad_reorder_input_raises_value_error_naming_the_value(call, match):
@@ -124,8 +121,6 @@ def test_bad_reorder_input_raises_value_error_naming_the_value(call, match):
 
 
 def test_grounding_scores_count_a_patch_as_correct_when_its_word_names_its_object():
-    from gpslib.tokenmixer import grounding_scores
-
     image_object = torch.tensor([0, 0, 1, -1])
     text_object = torch.tensor([-1, 0, 0, 1])  # "the red circle square": tokens 1, 2 name object 0
     assignment = torch.tensor([2, 3, -1, 1])  # patch 0 -> "circle" (right), patch 1 -> object 1 (wrong)

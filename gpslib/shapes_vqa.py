@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw
 __all__ = [
     "COLOURS",
     "SHAPES",
-    "SIZES",
+    "OBJECT_SIZES",
     "NUMBERS",
     "POSITIONS",
     "QUESTION_TYPES",
@@ -56,6 +56,7 @@ __all__ = [
     "scene_split",
     "object_patches",
     "answer_correct",
+    "CHANCE",
 ]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -67,7 +68,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "orange": (250, 130, 10),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
-SIZES: tuple[str, ...] = ("small", "large")
+OBJECT_SIZES: tuple[str, ...] = ("small", "large")
 NUMBERS: tuple[str, ...] = ("zero", "one", "two", "three", "four")
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom")
 QUESTION_TYPES: tuple[str, ...] = (
@@ -76,6 +77,12 @@ QUESTION_TYPES: tuple[str, ...] = (
 SHORT_ANSWER_TYPES: tuple[str, ...] = QUESTION_TYPES[:-1]
 GRID = 4  # scenes place objects on a GRID x GRID grid of cells
 TEST_BUCKETS = 10  # 1 scene in TEST_BUCKETS (by content hash) belongs to the test split
+# Chance accuracy of a uniform guess over each short-answer type's answer space: 6 colours,
+# 5 shapes, counts zero..four, a side offered by the question (left/right or top/bottom), yes/no.
+CHANCE: dict[str, float] = {
+    "colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "count": 1 / len(NUMBERS),
+    "position": 1 / 2, "existence": 1 / 2, "relation": 1 / 2,
+}
 _SPLITS = {"train": 0, "test": 1}
 _SIZE_FRACTION = {"small": 0.5, "large": 0.85}  # side of the shape / side of a cell
 
@@ -146,7 +153,7 @@ def _sample_scene(rng: np.random.Generator) -> list[dict[str, Any]]:
     pairs = rng.choice(len(COLOURS) * len(SHAPES), size=n, replace=False)
     colours = list(COLOURS)
     return [{"shape": SHAPES[int(p) % len(SHAPES)], "colour": colours[int(p) // len(SHAPES)],
-             "size": SIZES[int(rng.integers(2))], "cell": int(c),
+             "size": OBJECT_SIZES[int(rng.integers(2))], "cell": int(c),
              "jitter": [float(rng.uniform(-1, 1)), float(rng.uniform(-1, 1))]}
             for c, p in zip(cells, pairs)]
 

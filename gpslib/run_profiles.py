@@ -1,7 +1,7 @@
 """Run profiles: one name -> the sizes every notebook and CLI uses.
 
-A profile only changes sizes and sources, never the code path (DESIGN.md,
-"Profiles"). Each notebook section reads its own block with
+A profile only changes sizes and sources (the embedded model and ShapesVQA, or the hub
+model and data), never the code path. Each notebook section reads its own block with
 :func:`profile_settings`.
 
 | profile | where | budget |
@@ -45,12 +45,9 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # notebooks/02_tokenmixer_reordering.ipynb (paper Section 3.1, 4.4, Figures 1 and 3)
     "tokenmixer": {
-        "smoke": {"n_samples": 8, "tau_align": 0.1, "authors_threshold": 0.08,
-                  "sweep": [-0.1, 0.0, 0.05, 0.08, 0.1, 0.2, 0.3, 0.5]},
-        "cpu": {"n_samples": 300, "tau_align": 0.1, "authors_threshold": 0.08,
-                "sweep": [-0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]},
-        "paper": {"n_samples": 100, "tau_align": 0.1, "authors_threshold": 0.08,
-                  "sweep": [-0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]},
+        "smoke": {"n_samples": 8, "sweep": [-0.1, 0.0, 0.05, 0.08, 0.1, 0.2, 0.3, 0.5]},
+        "cpu": {"n_samples": 300, "sweep": [-0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]},
+        "paper": {"n_samples": 100, "sweep": [-0.2, -0.1, -0.05, 0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5]},
     },
     # notebooks/04_lora_finetuning.ipynb and 05_metric_tables.ipynb, gpslib.finetune
     # (paper Section 4.3-4.4, Tables 1-3). LoRA r 8 / alpha 16 / dropout 0.05, lr 1e-4,

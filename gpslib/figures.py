@@ -1,9 +1,8 @@
-"""Where figures and tables go, and how they get there: atomically.
+"""Where the regenerated figures and tables go: :func:`savefig` and :func:`save_table`.
 
 Every figure goes through :func:`savefig`, every table through
-:func:`save_table` (Markdown, CSV and LaTeX). Files are written to a
-temporary name in the target folder and moved into place with
-``os.replace``, so an interrupted run never leaves a half-written file.
+:func:`save_table` (Markdown, CSV and LaTeX). Files are written atomically
+(:mod:`gpslib.atomic_files`), so an interrupted run never leaves a half-written file.
 
 Target folder, in order of precedence:
 
@@ -21,15 +20,15 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import matplotlib.figure
 import pandas as pd
 
-from gpslib.profiles import publishes_figures
+from gpslib.atomic_files import atomic_write, atomic_write_text
+from gpslib.run_profiles import publishes_figures
 
-__all__ = ["repo_root", "figures_dir", "savefig", "save_table", "atomic_write_text"]
+__all__ = ["repo_root", "figures_dir", "savefig", "save_table"]
 
 
 def repo_root() -> Path:
@@ -56,37 +55,11 @@ def _check_name(name: str) -> None:
         raise ValueError(f"figure/table name must be a plain file stem; got name={name!r}")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; published files are world-readable
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-
-    _atomic_write(path, write)
-
-
 def savefig(fig: matplotlib.figure.Figure, name: str, profile: str, dpi: int = 120) -> str:
     """Save ``fig`` as ``<figures_dir(profile)>/<name>.png`` atomically; returns ``"<name>.png"``."""
     _check_name(name)
     path = figures_dir(profile) / f"{name}.png"
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
     return path.name
 
 

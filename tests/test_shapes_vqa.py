@@ -1,4 +1,4 @@
-"""Tests of gpslib.shapes: schema, determinism, disjoint splits, grounding, scoring."""
+"""Tests of gpslib.shapes_vqa: schema, determinism, disjoint splits, grounding, scoring."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpslib.shapes import (
+from gpslib.shapes_vqa import (
     COLOURS,
     QUESTION_TYPES,
     answer_correct,

@@ -1,10 +1,11 @@
-"""Properties of gpslib.profiles and gpslib.runtime."""
+"""Properties of gpslib.run_profiles and gpslib.runtime."""
 
 import numpy as np
 import pytest
 import torch
 
-from gpslib import profiles, runtime
+from gpslib import run_profiles as profiles
+from gpslib import runtime
 
 
 def test_every_section_defines_every_profile():

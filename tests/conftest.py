@@ -1,0 +1,77 @@
+"""Shared fixtures of the test suite: the offline hub, one thread, the test-size model and data.
+
+Every test runs offline (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1``) with one torch
+thread, so results do not depend on the machine's core count. Tests that start processes
+(the 2-process fine-tune, the CLIs, ``run_all.sh``) carry the ``slow`` marker:
+``pytest -m "not slow"`` skips them for a quick check; CI runs everything.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from gpslib.data import VQACollator  # noqa: E402
+from gpslib.model import build_model, build_processor  # noqa: E402
+from gpslib.shapes_vqa import shapes_vqa  # noqa: E402
+
+torch.set_num_threads(1)
+N_ROWS = 4  # rows of the shared batches
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts processes (2-process run, CLIs, run_all.sh); deselect with -m 'not slow'")
+
+
+@pytest.fixture(autouse=True)
+def offline_hub(monkeypatch):
+    """huggingface_hub reads HF_HUB_OFFLINE at import; make sure it is on for every test."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.fixture(scope="session")
+def processor():
+    """The test-size LlavaProcessor (trained tokenizer, 32 px images, 16 image tokens)."""
+    return build_processor("test")
+
+
+@pytest.fixture(scope="session")
+def plain():
+    """The test-size plain LlavaForConditionalGeneration, seed 0, eval mode."""
+    return build_model("test", seed=0)
+
+
+@pytest.fixture(scope="session")
+def rows():
+    """N_ROWS ShapesVQA training rows at 32 px."""
+    ds = shapes_vqa(N_ROWS, seed=0, split="train", image_size=32)
+    return [ds[i] for i in range(N_ROWS)]
+
+
+@pytest.fixture(scope="session")
+def train_batch(processor, rows):
+    """The rows collated for training (right padded, labels on the answers, oracle assignment)."""
+    return VQACollator(processor, "train", grounding=True)(rows)
+
+
+@pytest.fixture(scope="session")
+def gen_batch(processor, rows):
+    """The rows collated for generation (left padded, no labels, oracle assignment)."""
+    return VQACollator(processor, "generate", grounding=True)(rows)
+
+
+@pytest.fixture(scope="session")
+def reordering_model():
+    """``reordering_model(reorder, **settings)``: a test-size reordering model sharing ``plain``'s weights."""
+
+    def make(reorder: str, **settings):
+        return build_model("test", seed=0, reorder=reorder, **settings)
+
+    return make
