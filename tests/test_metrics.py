@@ -71,6 +71,57 @@ def test_bad_input_raises_value_error_naming_the_problem(predictions, references
         metrics.compute_metrics(predictions, references)
 
 
+@pytest.mark.parametrize(
+    "predictions, references, match",
+    [("abc", ["abd"], "predictions .* not a bare str"), (["abc"], "abd", "references .* not a bare str"),
+     (b"abc", [b"abd"], "predictions .* not a bare bytes")],
+)
+def test_a_bare_string_is_rejected_naming_its_type(predictions, references, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.compute_metrics(predictions, references)
+    with pytest.raises(ValueError, match="list of strings"):
+        metrics.paper_bleu(predictions, references)
+
+
+CJK = ["红色的圆在左边。", "图片里有两个形状", "青い四角があります。"]
+
+
+@pytest.fixture(scope="module")
+def identical_cjk():
+    return metrics.compute_metrics(CJK, CJK)
+
+
+def test_identical_cjk_text_scores_one(identical_cjk):
+    for name in ("bleu", "sacrebleu", "bertscore_f1", "meteor", "rouge_l"):
+        assert identical_cjk[name] == pytest.approx(1.0, abs=1e-3), name
+
+
+def test_cjk_characters_count_one_word_each():
+    # 7 of 8 characters (with the full stop) and 5 of 7 character pairs agree
+    pred, ref = "红色的圆在右边。", "红色的圆在左边。"
+    assert metrics._RougeTokenizer().tokenize(pred) == list("红色的圆在右边")
+    assert metrics.paper_bleu([pred], [ref]) == pytest.approx(math.sqrt(7 / 8 * 5 / 7), abs=1e-12)
+
+
+def test_rouge_l_keeps_the_words_of_every_script():
+    tok = metrics._RougeTokenizer()
+    assert tok.tokenize("Красный круг, café_au lait") == ["красный", "круг", "café", "au", "lait"]
+    assert tok.tokenize("नमस्ते दुनिया") == ["नमस्ते", "दुनिया"]  # vowel signs stay in their word
+
+
+def test_rouge_l_tokens_of_ascii_text_are_rouge_scores_own():
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    ours, theirs = metrics._RougeTokenizer(), DefaultTokenizer(use_stemmer=True)
+    for text in PREDICTIONS + REFERENCES + ["Running_dogs ran 3.5 km; it's GREAT!!", "  x-ray\tA1b2 ", "~"]:
+        assert ours.tokenize(text) == theirs.tokenize(text), text
+
+
+def test_text_without_spaces_between_words_warns_plainly():
+    with pytest.warns(UserWarning, match="without spaces between words"):
+        metrics.paper_bleu(["แมวสีแดง"], ["แมวสีแดง"])
+
+
 def test_missing_java_raises_an_error_naming_java(monkeypatch):
     monkeypatch.setattr(metrics.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="Java"):
