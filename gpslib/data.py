@@ -337,13 +337,20 @@ class VQACollator:
       ``mentions``; where objects overlap, the first object wins). This is
       what the ``"oracle"`` reordering consumes.
 
-    ``max_length`` truncates training texts on the right; a prompt that
-    would lose image tokens raises ValueError.
+    ``max_length`` (None or a positive int) truncates training texts on the
+    right. A prompt that would lose image tokens raises ValueError. A row that
+    loses every answer token to truncation adds nothing to the loss: it draws a
+    warning, and a batch in which no row keeps an answer token (its loss would
+    be NaN) raises ValueError. A generation prompt is never truncated (it would
+    lose ``ASSISTANT:``): one longer than ``max_length`` raises ValueError.
     """
 
     def __init__(self, processor, mode: str = "train", max_length: int | None = None, grounding: bool = False):
         if mode not in ("train", "generate"):
             raise ValueError(f"unknown collator mode {mode!r}; valid modes are ['train', 'generate']")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
+                                       or max_length < 1):
+            raise ValueError(f"max_length must be None (no truncation) or a positive int, got {max_length!r}")
         self.processor, self.mode, self.max_length = processor, mode, max_length
         self.grounding = grounding
         self.tokenizer = processor.tokenizer
@@ -353,7 +360,8 @@ class VQACollator:
         self.num_image_tokens = n + processor.num_additional_image_tokens - (
             processor.vision_feature_select_strategy == "default")
 
-    def _encode(self, messages: list[dict]) -> tuple[list[int], list[int]]:
+    def _encode(self, messages: list[dict]) -> tuple[list[int], list[int], int | None]:
+        """Token ids, labels, and where the answer starts if truncation removed all of it (else None)."""
         if self.mode == "train":
             text, spans = conversation_text(messages)
         else:
@@ -368,12 +376,20 @@ class VQACollator:
             supervised = any(e > a and s < b for a, b in spans)
             ids.append(tok)
             labels.append(tok if supervised else IGNORE_INDEX)
+        answer_cut = None
         if self.max_length is not None and len(ids) > self.max_length:
+            if self.mode == "generate":
+                raise ValueError(f"max_length {self.max_length} is shorter than a generation prompt of {len(ids)} "
+                                 f"tokens; generation prompts are never truncated (that would cut 'ASSISTANT:' "
+                                 f"off): raise max_length or shorten the question")
             if self.image_token_id in ids[self.max_length:]:
                 raise ValueError(f"max_length {self.max_length} would cut image tokens (prompt needs "
                                  f"{ids.index(self.image_token_id) + self.num_image_tokens})")
+            answer = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
             ids, labels = ids[: self.max_length], labels[: self.max_length]
-        return ids, labels
+            if answer and answer[0] >= self.max_length:
+                answer_cut = answer[0]
+        return ids, labels, answer_cut
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -381,6 +397,15 @@ class VQACollator:
         if not rows:
             raise ValueError("cannot collate an empty batch")
         encoded = [self._encode(r["messages"]) for r in rows]
+        cut = {b: start for b, (_, _, start) in enumerate(encoded) if start is not None}
+        if cut:
+            what = (f"max_length {self.max_length} removes every answer token of batch row(s) {list(cut)} "
+                    f"(their answers start at token(s) {list(cut.values())})")
+            if all(lab == IGNORE_INDEX for _, labels, _ in encoded for lab in labels):
+                raise ValueError(f"{what}, and no row of the batch keeps one: its loss would be NaN. "
+                                 f"Raise max_length")
+            warnings.warn(f"{what}: they add nothing to the loss", stacklevel=2)
+        encoded = [(ids, labels) for ids, labels, _ in encoded]
         assignments = [self._assignment(r) for r in rows] if self.grounding else None
         images = []
         for r in rows:

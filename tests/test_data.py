@@ -305,3 +305,44 @@ def test_hub_loader_skips_rows_whose_image_bytes_do_not_decode(tmp_path):
     assert report.skipped == {"unreadable image": 2} and report.kept == 2
     assert [first_turn(r["messages"])[0] for r in ds] == ["Question 0?", "Question 3?"]
     assert all(r["images"][0].convert("RGB").size == (24, 20) for r in ds)
+
+
+# --------------------------------------------------------------------------- collator max_length
+def _rows(*questions):
+    return [{"messages": _msgs(q, "Yes, it is."), "images": [_img()]} for q in questions]
+
+
+def _answer_starts(processor, rows):
+    labels = VQACollator(processor)(rows)["labels"]
+    return [int((lab != -100).nonzero()[0]) for lab in labels]
+
+
+@pytest.mark.parametrize("max_length", [0, -5, 2.5, True, "64"])
+def test_max_length_must_be_none_or_a_positive_int(processor, max_length):
+    with pytest.raises(ValueError, match=f"max_length must be .* got {max_length!r}"):
+        VQACollator(processor, max_length=max_length)
+
+
+def test_truncation_that_removes_every_answer_token_of_a_row_warns(processor):
+    rows = _rows("Red?", "Is the big shape on the left of the picture a red circle?")
+    short, long = _answer_starts(processor, rows)
+    assert short < long
+    with pytest.warns(UserWarning, match=rf"removes every answer token of batch row\(s\) \[1\] .*\[{long}\]"):
+        batch = VQACollator(processor, max_length=long)(rows)
+    assert (batch["labels"][0] != -100).any() and (batch["labels"][1] == -100).all()
+
+
+def test_truncation_that_leaves_no_answer_token_in_the_batch_raises(processor):
+    rows = _rows("Red?", "Is the big shape on the left of the picture a red circle?")
+    short, long = _answer_starts(processor, rows)
+    with pytest.raises(ValueError, match=rf"max_length {short} .*rows?\(s\) \[0, 1\].*loss would be NaN"):
+        VQACollator(processor, max_length=short)(rows)
+
+
+def test_generation_prompt_is_never_truncated(processor):
+    rows = _rows("Is the big shape on the left of the picture a red circle?")
+    n = int(VQACollator(processor, mode="generate")(rows)["attention_mask"].sum())
+    with pytest.raises(ValueError, match=f"max_length {n - 1} is shorter than a generation prompt of {n} tokens"):
+        VQACollator(processor, mode="generate", max_length=n - 1)(rows)
+    ids = VQACollator(processor, mode="generate", max_length=n)(rows)["input_ids"][0]
+    assert processor.tokenizer.decode(ids[ids != 768]).endswith("ASSISTANT:")
