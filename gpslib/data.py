@@ -348,8 +348,8 @@ class VQACollator:
     def __init__(self, processor, mode: str = "train", max_length: int | None = None, grounding: bool = False):
         if mode not in ("train", "generate"):
             raise ValueError(f"unknown collator mode {mode!r}; valid modes are ['train', 'generate']")
-        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
-                                       or max_length < 1):
+        if max_length is not None and (isinstance(max_length, bool)
+                                       or not isinstance(max_length, (int, np.integer)) or max_length < 1):
             raise ValueError(f"max_length must be None (no truncation) or a positive int, got {max_length!r}")
         self.processor, self.mode, self.max_length = processor, mode, max_length
         self.grounding = grounding

@@ -328,8 +328,9 @@ def compute_metrics(predictions, references, bertscore_model: str | None = None)
     """Score ``predictions`` against ``references`` (lists of strings, one reference each).
 
     Returns a dict with keys :data:`METRIC_NAMES`. Raises ValueError on a bare string
-    (rather than a list), different lengths or empty lists, RuntimeError naming Java when it is missing or fails, or naming
-    the sample METEOR gave no score for within :data:`METEOR_TIMEOUT_S` (the next call works).
+    (rather than a list), different lengths or empty lists, RuntimeError naming Java when
+    it is missing or fails, or naming the sample METEOR gave no score for within
+    :data:`METEOR_TIMEOUT_S` (the next call works).
     """
     from rouge_score import rouge_scorer
     import sacrebleu
