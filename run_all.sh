@@ -24,14 +24,22 @@ NOTEBOOKS_DIR="${GPSLIB_NOTEBOOKS_DIR:-$ROOT/notebooks}"
 RUNS_DIR="${GPSLIB_RUNS_DIR:-$ROOT/runs}"
 PUBLISH_DIR="${GPSLIB_PUBLISH_DIR:-}"
 
-usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
+
+# Every argument is checked here, before the bootstrap (which can take minutes).
+# need_value OPTION [VALUE ...]: exit 2 naming OPTION when VALUE is missing, empty or another option.
+need_value() {
+  if [[ $# -lt 2 || -z "$2" || "$2" == -* ]]; then
+    echo "run_all.sh: $1 needs a value" >&2; usage >&2; exit 2
+  fi
+}
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --profile) PROFILE="${2:-}"; shift 2 ;;
-    --profile=*) PROFILE="${1#*=}"; shift ;;
-    --only) ONLY="${2:-}"; shift 2 ;;
-    --only=*) ONLY="${1#*=}"; shift ;;
+    --profile) need_value "$@"; PROFILE="$2"; shift 2 ;;
+    --profile=*) need_value --profile "${1#*=}"; PROFILE="${1#*=}"; shift ;;
+    --only) need_value "$@"; ONLY="$2"; shift 2 ;;
+    --only=*) need_value --only "${1#*=}"; ONLY="${1#*=}"; shift ;;
     --test) MODE=test; shift ;;
     --refresh) MODE=refresh; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -44,6 +52,30 @@ case "$PROFILE" in
 esac
 if [[ -n "$ONLY" && ! "$ONLY" =~ ^[0-9][0-9]$ ]]; then
   echo "run_all.sh: --only takes a two-digit notebook number such as 03; got '$ONLY'" >&2; exit 2
+fi
+
+# ---------------------------------------------------------------- notebooks to run
+if [[ "$MODE" != test ]]; then
+  shopt -s nullglob
+  notebooks=("$NOTEBOOKS_DIR"/[0-9][0-9]_*.ipynb)
+  shopt -u nullglob
+  if [[ ${#notebooks[@]} -eq 0 ]]; then
+    echo "run_all.sh: no notebook matches NN_*.ipynb in $NOTEBOOKS_DIR" >&2; exit 1
+  fi
+  if [[ -n "$ONLY" ]]; then
+    present=""
+    selected=()
+    for nb in "${notebooks[@]}"; do
+      name="$(basename "$nb")"
+      present+=" ${name:0:2}"
+      [[ "$name" == "$ONLY"_* ]] && selected+=("$nb")
+    done
+    if [[ ${#selected[@]} -eq 0 ]]; then
+      echo "run_all.sh: --only $ONLY: no notebook ${ONLY}_*.ipynb in $NOTEBOOKS_DIR (present:$present)" >&2
+      exit 2
+    fi
+    notebooks=("${selected[@]}")
+  fi
 fi
 
 # ---------------------------------------------------------------- bootstrap
@@ -103,18 +135,6 @@ fi
 
 # ---------------------------------------------------------------- notebooks
 if [[ "$MODE" == refresh ]]; then PROFILE=smoke; fi
-shopt -s nullglob
-notebooks=("$NOTEBOOKS_DIR"/[0-9][0-9]_*.ipynb)
-shopt -u nullglob
-if [[ -n "$ONLY" ]]; then
-  selected=()
-  for nb in "${notebooks[@]}"; do [[ "$(basename "$nb")" == "$ONLY"_* ]] && selected+=("$nb"); done
-  notebooks=("${selected[@]+"${selected[@]}"}")
-fi
-if [[ ${#notebooks[@]} -eq 0 ]]; then
-  echo "run_all.sh: no notebook matches ${ONLY:-NN}_*.ipynb in $NOTEBOOKS_DIR" >&2; exit 1
-fi
-
 if [[ -z "$PUBLISH_DIR" ]]; then
   if [[ "$PROFILE" == smoke ]]; then PUBLISH_DIR="$RUNS_DIR/smoke/figures"; else PUBLISH_DIR="$ROOT/figures"; fi
 fi

@@ -11,9 +11,12 @@ them all:
 * :func:`load_llava_instruct`: LLaVA-Instruct-150K from its JSON and a COCO
   image folder, split into train/test by image id with a seed.
 
-Rows without exactly one image, with an empty question or answer, or (150K)
-with a missing image file are skipped; each loader returns a
-:class:`LoadReport` with the counts and warns with the first few reasons.
+Rows without exactly one image, with an image that does not decode (corrupt,
+truncated: checked at load time, not mid-training), with an empty question or
+answer, or (150K) that are not a JSON object, whose ``<image>`` markers do not
+match their one image, or whose image file is missing are skipped; each loader
+returns a :class:`LoadReport` with a count per kind of reason and warns with
+the first few rows skipped.
 
 The conversation format is :mod:`gpslib.chat_format`'s.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import glob
+import io
 import json
 import logging
 import os
@@ -56,10 +60,12 @@ class LoadReport:
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
-    def skip(self, row_id: Any, reason: str, max_examples: int = 5) -> None:
+    def skip(self, row_id: Any, reason: str, max_examples: int = 5, detail: str | None = None) -> None:
+        """Count one skipped row under ``reason`` (a kind); ``detail`` (the file, the error)
+        goes into ``examples`` only."""
         self.skipped[reason] += 1
         if len(self.examples) < max_examples:
-            self.examples.append((str(row_id), reason))
+            self.examples.append((str(row_id), f"{reason}: {detail}" if detail else reason))
 
     @property
     def n_skipped(self) -> int:
@@ -89,16 +95,42 @@ def _check_row(row_id: Any, messages: list[dict], n_images: int, report: LoadRep
     return True
 
 
+def _check_max_rows(max_rows: Any) -> None:
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer))
+                                 or max_rows < 0):
+        raise ValueError(f"max_rows must be None (all rows) or a non-negative int, got {max_rows!r}")
+
+
+def _image_problem(source: str | os.PathLike | bytes) -> str | None:
+    """None when ``source`` (a file or encoded bytes) decodes as an image, else the error.
+
+    A full decode (JPEG at 1/8 scale, which still reads every byte): ``verify()``
+    passes truncated JPEGs, which would then fail at collation, mid-training."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
+            im.draft("RGB", (1, 1))
+            im.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 # --------------------------------------------------------------------------- loaders
 def load_hub_vsft(name_or_dir: str | os.PathLike = "unsloth/llava-instruct-mix-vsft-mini", split: str = "train",
-                  cache_dir: str | None = None, max_rows: int | None = None):
+                  cache_dir: str | None = None, max_rows: int | None = None, check_images: bool = True):
     """Load a llava-instruct-mix-vsft style split by hub name or from a local hub-layout directory.
 
-    Returns ``(dataset, report)``. Rows are checked without decoding their
-    images; bad ones are skipped (see :class:`LoadReport`).
+    Returns ``(dataset, report)``; bad rows are skipped (see :class:`LoadReport`).
+    ``max_rows`` (None or a non-negative int) keeps the first rows only.
+    ``check_images`` decodes every kept row's image once (a few ms each), so a
+    corrupt or truncated one is skipped here rather than failing at collation;
+    ``False`` skips that check.
     """
     import datasets
 
+    _check_max_rows(max_rows)
     path = Path(name_or_dir)
     if path.is_dir():
         files = sorted(glob.glob(str(path / "data" / f"{split}-*.parquet")))
@@ -117,22 +149,52 @@ def load_hub_vsft(name_or_dir: str | os.PathLike = "unsloth/llava-instruct-mix-v
         images = batch.column("images").to_pylist()
         for k, (msgs, imgs) in enumerate(zip(messages, images)):
             imgs = [im for im in (imgs or []) if im and (im.get("bytes") or im.get("path"))]
-            if _check_row(start + k, msgs or [], len(imgs), report):
-                keep.append(start + k)
+            if not _check_row(start + k, msgs or [], len(imgs), report):
+                continue
+            if check_images:
+                source = imgs[0].get("bytes") or imgs[0]["path"]
+                problem = _image_problem(source)
+                if problem is not None:
+                    report.skip(start + k, "unreadable image", detail=problem)
+                    continue
+            keep.append(start + k)
     report.kept = len(keep)
     report.announce(f"{name_or_dir} [{split}]")
     return (ds if len(keep) == len(ds) else ds.select(keep)), report
 
 
+def _llava_image(record: Any) -> tuple[str | None, str | None, str | None]:
+    """A LLaVA-Instruct record's image file name, or why it has none: ``(name, None, None)``
+    or ``(None, reason, detail)``. A list of one name counts as that name."""
+    if not isinstance(record, dict):
+        return None, "row is not a JSON object", type(record).__name__
+    image = record.get("image")
+    if isinstance(image, list):
+        if len(image) != 1:
+            return None, f"{len(image)} images (need exactly 1)", None
+        image = image[0]
+    if image is None or image == "":
+        return None, "no image", None
+    if not isinstance(image, str):
+        return None, "image is not a file name", repr(image)[:80]
+    return image, None, None
+
+
 def load_llava_instruct(json_path: str | os.PathLike, image_dir: str | os.PathLike, split: str = "train",
-                        test_fraction: float = 0.1, seed: int = 0, max_rows: int | None = None):
+                        test_fraction: float = 0.1, seed: int = 0, max_rows: int | None = None,
+                        check_images: bool = True):
     """LLaVA-Instruct-150K (``llava_instruct_150k.json`` + a COCO image folder) as a split.
 
     Images are assigned to ``"test"`` with probability ``test_fraction`` by a
     seeded permutation of the sorted image ids, so no image is in both splits.
-    Every turn becomes a message; the ``<image>`` marker of the first human
-    turn becomes the image part. Returns ``(dataset, report)``; images are
-    opened lazily (``datasets.Image``).
+    Every turn becomes a message; the ``<image>`` marker (exactly one per row)
+    becomes the image part of the first user turn. Returns ``(dataset,
+    report)``; images are opened lazily (``datasets.Image``). Rows without a
+    usable image name (not a JSON object, no image, several) are reported with
+    the train split only. ``max_rows`` (None or a non-negative int) caps the
+    rows kept. ``check_images`` decodes each kept image file once (a few ms
+    each), so a corrupt or truncated one is skipped here rather than failing at
+    collation; ``False`` skips that check.
     """
     import datasets
     from tqdm import tqdm
@@ -141,22 +203,40 @@ def load_llava_instruct(json_path: str | os.PathLike, image_dir: str | os.PathLi
         raise ValueError(f"unknown split {split!r}; valid splits are ['train', 'test']")
     if not 0.0 <= test_fraction <= 1.0:
         raise ValueError(f"test_fraction must be in [0, 1], got {test_fraction!r}")
-    records = json.loads(Path(json_path).read_text())
+    _check_max_rows(max_rows)
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise ValueError(f"image_dir {str(image_dir)!r} is not a directory")
+    try:
+        records = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{json_path} is not valid JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{json_path} is not UTF-8 text: {e}") from e
     if not isinstance(records, list):
-        raise ValueError(f"{json_path} does not hold a list of conversations")
-    ids = sorted({str(r["image"]) for r in records if r.get("image")})
+        raise ValueError(f"{json_path} does not hold a list of conversations (it holds a "
+                         f"{type(records).__name__})")
+    names = [_llava_image(r) for r in records]
+    ids = sorted({name for name, _, _ in names if name is not None})
     order = np.random.default_rng(seed).permutation(len(ids))
     test_ids = {ids[i] for i in order[: int(round(test_fraction * len(ids)))]}
-    report, messages, images = LoadReport(), [], []
-    for r in tqdm(records, desc=f"LLaVA-Instruct [{split}]", disable=len(records) < 10000):
-        image = r.get("image")
-        if (str(image) in test_ids if image else False) != (split == "test"):
-            continue  # rows without an image are reported with the train split only
+    report, messages, images, decoded = LoadReport(), [], [], {}
+    for index, (r, (image, problem, detail)) in enumerate(
+            tqdm(list(zip(records, names)), desc=f"LLaVA-Instruct [{split}]", disable=len(records) < 10000)):
+        if (image in test_ids if image is not None else False) != (split == "test"):
+            continue  # rows without an image name are reported with the train split only
         if max_rows is not None and len(messages) >= max_rows:
             break
-        row_id = r.get("id", "?")
+        row_id = r.get("id", f"#{index}") if isinstance(r, dict) else f"#{index}"
+        if image is None:
+            report.skip(row_id, problem, detail=detail)
+            continue
+        conversations = r.get("conversations")
+        if not isinstance(conversations, list) or not all(isinstance(t, dict) for t in conversations):
+            report.skip(row_id, "malformed conversations (need a list of objects)")
+            continue
         msgs, n_markers = [], 0
-        for turn in r.get("conversations") or []:
+        for turn in conversations:
             value = str(turn.get("value") or "")
             n_markers += value.count(IMAGE_TOKEN)
             content = [{"type": "text", "text": value.replace(IMAGE_TOKEN, "").strip()}]
@@ -164,15 +244,21 @@ def load_llava_instruct(json_path: str | os.PathLike, image_dir: str | os.PathLi
             if role == "user" and not msgs:
                 content.insert(0, {"type": "image", "text": None})
             msgs.append({"role": role, "content": content})
-        if not image:
-            report.skip(row_id, "no image")
+        if n_markers != 1:
+            report.skip(row_id, f"{n_markers} {IMAGE_TOKEN} markers for 1 image (need exactly 1)")
             continue
         if not _check_row(row_id, msgs, 1, report):
             continue
-        file = Path(image_dir) / str(image)
+        file = image_dir / image
         if not file.is_file():
-            report.skip(row_id, f"missing image file {file.name}")
+            report.skip(row_id, "missing image file", detail=str(file))
             continue
+        if check_images:
+            if file not in decoded:
+                decoded[file] = _image_problem(file)
+            if decoded[file] is not None:
+                report.skip(row_id, "unreadable image", detail=f"{file}: {decoded[file]}")
+                continue
         messages.append(msgs)
         images.append([str(file)])
     report.kept = len(messages)
@@ -207,13 +293,20 @@ class VQACollator:
       ``mentions``; where objects overlap, the first object wins). This is
       what the ``"oracle"`` reordering consumes.
 
-    ``max_length`` truncates training texts on the right; a prompt that
-    would lose image tokens raises ValueError.
+    ``max_length`` (None or a positive int) truncates training texts on the
+    right. A prompt that would lose image tokens raises ValueError. A row that
+    loses every answer token to truncation adds nothing to the loss: it draws a
+    warning, and a batch in which no row keeps an answer token (its loss would
+    be NaN) raises ValueError. A generation prompt is never truncated (it would
+    lose ``ASSISTANT:``): one longer than ``max_length`` raises ValueError.
     """
 
     def __init__(self, processor, mode: str = "train", max_length: int | None = None, grounding: bool = False):
         if mode not in ("train", "generate"):
             raise ValueError(f"unknown collator mode {mode!r}; valid modes are ['train', 'generate']")
+        if max_length is not None and (isinstance(max_length, bool)
+                                       or not isinstance(max_length, (int, np.integer)) or max_length < 1):
+            raise ValueError(f"max_length must be None (no truncation) or a positive int, got {max_length!r}")
         self.processor, self.mode, self.max_length = processor, mode, max_length
         self.grounding = grounding
         self.tokenizer = processor.tokenizer
@@ -223,7 +316,8 @@ class VQACollator:
         self.num_image_tokens = n + processor.num_additional_image_tokens - (
             processor.vision_feature_select_strategy == "default")
 
-    def _encode(self, messages: list[dict]) -> tuple[list[int], list[int]]:
+    def _encode(self, messages: list[dict]) -> tuple[list[int], list[int], int | None]:
+        """Token ids, labels, and where the answer starts if truncation removed all of it (else None)."""
         if self.mode == "train":
             text, spans = conversation_text(messages)
         else:
@@ -238,12 +332,20 @@ class VQACollator:
             supervised = any(e > a and s < b for a, b in spans)
             ids.append(tok)
             labels.append(tok if supervised else IGNORE_INDEX)
+        answer_cut = None
         if self.max_length is not None and len(ids) > self.max_length:
+            if self.mode == "generate":
+                raise ValueError(f"max_length {self.max_length} is shorter than a generation prompt of {len(ids)} "
+                                 f"tokens; generation prompts are never truncated (that would cut 'ASSISTANT:' "
+                                 f"off): raise max_length or shorten the question")
             if self.image_token_id in ids[self.max_length:]:
                 raise ValueError(f"max_length {self.max_length} would cut image tokens (prompt needs "
                                  f"{ids.index(self.image_token_id) + self.num_image_tokens})")
+            answer = [i for i, lab in enumerate(labels) if lab != IGNORE_INDEX]
             ids, labels = ids[: self.max_length], labels[: self.max_length]
-        return ids, labels
+            if answer and answer[0] >= self.max_length:
+                answer_cut = answer[0]
+        return ids, labels, answer_cut
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -251,6 +353,15 @@ class VQACollator:
         if not rows:
             raise ValueError("cannot collate an empty batch")
         encoded = [self._encode(r["messages"]) for r in rows]
+        cut = {b: start for b, (_, _, start) in enumerate(encoded) if start is not None}
+        if cut:
+            what = (f"max_length {self.max_length} removes every answer token of batch row(s) {list(cut)} "
+                    f"(their answers start at token(s) {list(cut.values())})")
+            if all(lab == IGNORE_INDEX for _, labels, _ in encoded for lab in labels):
+                raise ValueError(f"{what}, and no row of the batch keeps one: its loss would be NaN. "
+                                 f"Raise max_length")
+            warnings.warn(f"{what}: they add nothing to the loss", stacklevel=2)
+        encoded = [(ids, labels) for ids, labels, _ in encoded]
         assignments = [self._assignment(r) for r in rows] if self.grounding else None
         images = []
         for r in rows:

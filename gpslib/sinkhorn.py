@@ -32,6 +32,7 @@ in :mod:`gpslib.comparison_only`.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -77,13 +78,32 @@ def row_error(P: torch.Tensor) -> torch.Tensor:
     return (P.sum(dim=-1) - 1.0).abs().amax(dim=-1)
 
 
+def _check_mask(log_alpha: torch.Tensor, mask: torch.Tensor) -> None:
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != log_alpha.shape[:-1]:
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor of shape {tuple(log_alpha.shape[:-1])}; got {got}")
+
+
+def _check_finite(log_alpha: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """ValueError unless every entry of log_alpha (..., N, N) that ``mask`` keeps is finite."""
+    bad = ~torch.isfinite(log_alpha.detach())  # (..., N, N)
+    if mask is not None:
+        bad &= mask[..., :, None] & mask[..., None, :]
+    if bool(bad.any()):  # one host sync on CUDA
+        where = bad.nonzero()
+        first = tuple(where[0].tolist())
+        kept = " where mask keeps it (real rows and columns)" if mask is not None else ""
+        raise ValueError(
+            f"log_alpha must be finite{kept}; entry {first} is {float(log_alpha.detach()[first])} "
+            f"({where.shape[0]} non-finite entries). Pad with mask= (entries in padded rows and "
+            f"columns may be anything, e.g. -inf); forbid a pair with a large finite negative "
+            f"score such as -1e4, not -inf"
+        )
+
+
 def _apply_mask(log_alpha: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Padded rows/columns become an identity block, real-to-padded entries -inf."""
-    if mask.dtype != torch.bool or mask.shape != log_alpha.shape[:-1]:
-        raise ValueError(
-            f"mask must be a bool tensor of shape {tuple(log_alpha.shape[:-1])}; "
-            f"got {mask.dtype} {tuple(mask.shape)}"
-        )
+    _check_mask(log_alpha, mask)
     n = log_alpha.shape[-1]
     eye = torch.eye(n, dtype=torch.bool, device=log_alpha.device)  # (N, N)
     pair = mask[..., :, None] & mask[..., None, :]  # (..., N, N)
@@ -277,12 +297,21 @@ def sinkhorn(
     check_every: int = 10,
     mask: torch.Tensor | None = None,
     return_log: bool = False,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Log-domain Sinkhorn operator S(log_alpha) (Mena et al. 2018; Algorithm 2, line 11).
 
     Args:
         log_alpha: (..., N, N) scores, typically ``(S + G) / tau``. Half precision is
-            upcast to float32; float64 stays float64.
+            upcast to float32; float64 stays float64. Every entry must be finite, except
+            in the rows and columns ``mask`` pads (which it replaces; an attention key
+            mask puts -inf there): NaN or +inf have no meaning as scores, and -inf ("this
+            pair is forbidden") is refused too, because a row or column of -inf has no
+            normalisation (NaN) and forbidden pairs can leave no permutation at all, so
+            the iteration would not converge. Pad with ``mask``; to forbid a pair, give
+            it a large finite negative score (-1e4: its weight is below float resolution,
+            and exactly 0 in P).
+            N = 0 (and an empty batch) gives an empty result of the same shape.
         n_iters: maximum number of (row, column) iterations, >= 1.
         tol: if given, the row error (max |row sum - 1|) is checked every ``check_every``
             iterations and the loop stops below ``tol``; a warning is issued when
@@ -293,6 +322,9 @@ def sinkhorn(
         mask: optional (..., N) bool, True = real token. Padded positions map to
             themselves (identity block) and never mix with real ones.
         return_log: return ``log P`` instead of ``P``.
+        check_finite: raise ValueError on non-finite ``log_alpha`` (see above). On CUDA
+            the check is one host sync; ``False`` keeps a ``tol=None`` call sync-free, and
+            non-finite input then gives NaN (matrix loop) or an error (CPU scaling form).
 
     Returns:
         P (..., N, N) (or log P) in float32/float64; columns sum to one after the last
@@ -308,6 +340,12 @@ def sinkhorn(
     if not isinstance(check_every, int) or check_every < 1:
         raise ValueError(f"check_every must be an int >= 1; got {check_every!r}")
     la = log_alpha.to(_compute_dtype(log_alpha))
+    if mask is not None:
+        _check_mask(la, mask)
+    if check_finite:
+        _check_finite(la, mask)  # before masking, which puts -inf in on purpose
+    if la.numel() == 0:  # N = 0 or an empty batch: nothing to normalise
+        return la.clone() if return_log else la.exp()
     if mask is not None:
         la = _apply_mask(la, mask)
 
@@ -443,10 +481,13 @@ def hard_permutation(
 def tau_schedule(step: int, total_steps: int, tau_start: float, tau_end: float) -> float:
     """The paper's cosine temperature (Section 3.2): tau_end + (tau_start - tau_end)(1 + cos(pi s/S))/2.
 
-    Returns ``tau_end`` for ``step >= total_steps``.
+    ``step`` is a non-negative int (a float, NaN included, raises ValueError). Returns
+    ``tau_end`` for ``step >= total_steps``.
     """
     if not isinstance(total_steps, int) or total_steps < 1:
         raise ValueError(f"total_steps must be an int >= 1; got {total_steps!r}")
+    if isinstance(step, bool) or not isinstance(step, numbers.Integral):
+        raise ValueError(f"step must be a non-negative int; got {step!r} ({type(step).__name__})")
     if step < 0:
         raise ValueError(f"step must be >= 0; got {step!r}")
     if not (tau_start > 0 and tau_end > 0):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -151,3 +152,170 @@ def test_collator_rejects_bad_settings(processor):
     rows[0]["images"] = []
     with pytest.raises(ValueError, match="exactly one image"):
         VQACollator(processor)(rows)
+
+
+# --------------------------------------------------------------------------- loaders: bad rows
+def _jpeg_bytes(v=0) -> bytes:
+    buf = io.BytesIO()
+    _img(v).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def _record(i, image, markers=1):
+    return {"id": f"r{i}", "image": image, "conversations": [
+        {"from": "human", "value": "<image>\n" * markers + f"What is in picture {i}?"},
+        {"from": "gpt", "value": f"Picture {i} shows a thing."}]}
+
+
+def _llava_dir(tmp_path, records, files=None):
+    """A LLaVA-Instruct JSON holding ``records`` and an image folder: every ``r*.jpg`` name in
+    the records as a good JPEG unless ``files`` gives its bytes."""
+    images = tmp_path / "coco"
+    images.mkdir(exist_ok=True)
+    files = dict(files or {})
+    for r in records:
+        name = r.get("image") if isinstance(r, dict) else None
+        for n in name if isinstance(name, list) else [name]:
+            if isinstance(n, str):
+                files.setdefault(n, _jpeg_bytes())
+    for name, data in files.items():
+        (images / name).write_bytes(data)
+    path = tmp_path / "llava.json"
+    path.write_text(json.dumps(records))
+    return path, images
+
+
+def _load_train(path, images, **kw):
+    return load_llava_instruct(path, images, split="train", test_fraction=0.0, **kw)
+
+
+def test_llava_instruct_skips_rows_that_are_not_json_objects(tmp_path):
+    path, images = _llava_dir(tmp_path, [_record(0, "r0.jpg"), 42, "row", [1, 2], _record(1, "r1.jpg")])
+    with pytest.warns(UserWarning, match="skipped 3"):
+        ds, report = _load_train(path, images)
+    assert len(ds) == 2 and report.kept == 2
+    assert report.skipped == {"row is not a JSON object": 3}
+    assert report.examples[0] == ("#1", "row is not a JSON object: int")
+
+
+def test_llava_instruct_skips_corrupt_and_truncated_images_with_a_count(tmp_path):
+    good = _jpeg_bytes(50)
+    records = [_record(i, f"r{i}.jpg") for i in range(4)]
+    bad = {"r1.jpg": b"not an image", "r2.jpg": good[: len(good) // 2]}
+    path, images = _llava_dir(tmp_path, records, files=bad)
+    with pytest.warns(UserWarning, match="skipped 2"):
+        ds, report = _load_train(path, images)
+    assert report.skipped == {"unreadable image": 2} and report.kept == 2
+    assert [first_turn(r["messages"])[0] for r in ds] == ["What is in picture 0?", "What is in picture 3?"]
+    assert all(r["images"][0].convert("RGB").size == (24, 20) for r in ds)  # every kept image decodes
+    assert any("r2.jpg" in detail and "truncated" in detail.lower() for _, detail in report.examples)
+
+
+def test_llava_instruct_skips_rows_whose_image_markers_do_not_match_their_image(tmp_path):
+    records = [_record(0, "r0.jpg"), _record(1, "r1.jpg", markers=2), _record(2, "r2.jpg", markers=0)]
+    path, images = _llava_dir(tmp_path, records)
+    with pytest.warns(UserWarning, match="skipped 2"):
+        ds, report = _load_train(path, images)
+    assert len(ds) == 1
+    assert report.skipped == {"2 <image> markers for 1 image (need exactly 1)": 1,
+                              "0 <image> markers for 1 image (need exactly 1)": 1}
+
+
+def test_llava_instruct_takes_an_image_list_of_one_and_skips_longer_lists(tmp_path):
+    records = [_record(0, ["r0.jpg"]), _record(1, ["r1.jpg", "r2.jpg"]), _record(2, 7)]
+    path, images = _llava_dir(tmp_path, records)
+    with pytest.warns(UserWarning, match="skipped 2"):
+        ds, report = _load_train(path, images)
+    assert len(ds) == 1 and ds[0]["images"][0].size == (24, 20)
+    assert report.skipped == {"2 images (need exactly 1)": 1, "image is not a file name": 1}
+
+
+@pytest.mark.parametrize("text, match", [('[{"id": 1,', "not valid JSON"), ('{"id": 1}', "list of conversations")])
+def test_llava_instruct_json_errors_name_the_file(tmp_path, text, match):
+    path = tmp_path / "broken_llava.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        load_llava_instruct(path, tmp_path)
+    assert "broken_llava.json" in str(info.value)
+
+
+def test_llava_instruct_image_dir_that_is_not_a_directory_is_named(tmp_path):
+    path, _ = _llava_dir(tmp_path, [_record(0, "r0.jpg")])
+    with pytest.raises(ValueError, match="no_such_dir"):
+        load_llava_instruct(path, tmp_path / "no_such_dir")
+
+
+@pytest.mark.parametrize("max_rows", [-1, 1.5, True, "2"])
+def test_max_rows_must_be_none_or_a_non_negative_int(tmp_path, hub_dir, max_rows):
+    path, images = _llava_dir(tmp_path, [_record(0, "r0.jpg")])
+    with pytest.raises(ValueError, match=f"max_rows .* got {max_rows!r}"):
+        load_llava_instruct(path, images, max_rows=max_rows)
+    with pytest.raises(ValueError, match=f"max_rows .* got {max_rows!r}"):
+        load_hub_vsft(hub_dir, max_rows=max_rows)
+
+
+def test_max_rows_caps_the_rows_kept(tmp_path):
+    path, images = _llava_dir(tmp_path, [_record(i, f"r{i}.jpg") for i in range(3)])
+    assert [len(_load_train(path, images, max_rows=n)[0]) for n in (0, 2, np.int64(5), None)] == [0, 2, 3, 3]
+
+
+def test_hub_loader_skips_rows_whose_image_bytes_do_not_decode(tmp_path):
+    import datasets
+
+    features = datasets.Features({
+        "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.List(
+            {"type": datasets.Value("string"), "text": datasets.Value("string")})}),
+        "images": datasets.List(datasets.Image()),
+    })
+    good = _jpeg_bytes(10)
+    rows = {"messages": [_msgs(f"Question {i}?", f"Answer {i}.") for i in range(4)],
+            "images": [[{"bytes": b, "path": None}] for b in (good, b"garbage", good[: len(good) // 2], good)]}
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(
+        tmp_path / "hub" / "data" / "train-00000-of-00001.parquet")
+    with pytest.warns(UserWarning, match="skipped 2"):
+        ds, report = load_hub_vsft(tmp_path / "hub", cache_dir=str(tmp_path / "cache"))
+    assert report.skipped == {"unreadable image": 2} and report.kept == 2
+    assert [first_turn(r["messages"])[0] for r in ds] == ["Question 0?", "Question 3?"]
+    assert all(r["images"][0].convert("RGB").size == (24, 20) for r in ds)
+
+
+# --------------------------------------------------------------------------- collator max_length
+def _rows(*questions):
+    return [{"messages": _msgs(q, "Yes, it is."), "images": [_img()]} for q in questions]
+
+
+def _answer_starts(processor, rows):
+    labels = VQACollator(processor)(rows)["labels"]
+    return [int((lab != -100).nonzero()[0]) for lab in labels]
+
+
+@pytest.mark.parametrize("max_length", [0, -5, 2.5, True, "64"])
+def test_max_length_must_be_none_or_a_positive_int(processor, max_length):
+    with pytest.raises(ValueError, match=f"max_length must be .* got {max_length!r}"):
+        VQACollator(processor, max_length=max_length)
+
+
+def test_truncation_that_removes_every_answer_token_of_a_row_warns(processor):
+    rows = _rows("Red?", "Is the big shape on the left of the picture a red circle?")
+    short, long = _answer_starts(processor, rows)
+    assert short < long
+    with pytest.warns(UserWarning, match=rf"removes every answer token of batch row\(s\) \[1\] .*\[{long}\]"):
+        batch = VQACollator(processor, max_length=long)(rows)
+    assert (batch["labels"][0] != -100).any() and (batch["labels"][1] == -100).all()
+
+
+def test_truncation_that_leaves_no_answer_token_in_the_batch_raises(processor):
+    rows = _rows("Red?", "Is the big shape on the left of the picture a red circle?")
+    short, long = _answer_starts(processor, rows)
+    with pytest.raises(ValueError, match=rf"max_length {short} .*rows?\(s\) \[0, 1\].*loss would be NaN"):
+        VQACollator(processor, max_length=short)(rows)
+
+
+def test_generation_prompt_is_never_truncated(processor):
+    rows = _rows("Is the big shape on the left of the picture a red circle?")
+    n = int(VQACollator(processor, mode="generate")(rows)["attention_mask"].sum())
+    with pytest.raises(ValueError, match=f"max_length {n - 1} is shorter than a generation prompt of {n} tokens"):
+        VQACollator(processor, mode="generate", max_length=n - 1)(rows)
+    ids = VQACollator(processor, mode="generate", max_length=n)(rows)["input_ids"][0]
+    assert processor.tokenizer.decode(ids[ids != 768]).endswith("ASSISTANT:")

@@ -77,3 +77,53 @@ def test_unknown_profile_is_refused_by_name():
 
 def test_interpreter_is_python_311():
     assert sys.version_info[:2] == (3, 11)
+
+
+# --------------------------------------------------------------------------- arguments, before the bootstrap
+@pytest.fixture
+def fake_root(tmp_path):
+    """A copy of run_all.sh beside notebooks 01 and 03, with a PATH whose python3.11 / python3
+    only leave a mark and fail: the bootstrap, if reached, stops at once, and the test sees it."""
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "run_all.sh").write_bytes((ROOT / "run_all.sh").read_bytes())
+    (root / "run_all.sh").chmod(0o755)
+    for name in ("01_first.ipynb", "03_third.ipynb"):
+        _notebook(root / "notebooks" / name, "pass")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("python3.11", "python3"):
+        (bin_dir / name).write_text(f"#!/bin/sh\ntouch {tmp_path / 'bootstrapped'}\nexit 1\n")
+        (bin_dir / name).chmod(0o755)
+    return root
+
+
+def _run_fake(root, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPSLIB_") and k != "PYTHON"}
+    env["PATH"] = f"{root.parent / 'bin'}{os.pathsep}{os.environ['PATH']}"
+    proc = subprocess.run([str(root / "run_all.sh"), *args], env=env, capture_output=True, text=True, timeout=60)
+    return proc, (root.parent / "bootstrapped").exists()
+
+
+@pytest.mark.parametrize(
+    "args, option",
+    [(["--only"], "--only"), (["--profile"], "--profile"), (["--only", "--test"], "--only"),
+     (["--profile", "--only", "03"], "--profile"), (["--only="], "--only"), (["--profile="], "--profile")],
+)
+def test_an_option_without_its_value_is_named_before_the_bootstrap(fake_root, args, option):
+    proc, bootstrapped = _run_fake(fake_root, *args)
+    assert proc.returncode == 2, proc.stderr
+    assert f"run_all.sh: {option} needs a value" in proc.stderr
+    assert not bootstrapped
+
+
+def test_only_with_no_such_notebook_is_refused_before_the_bootstrap(fake_root):
+    proc, bootstrapped = _run_fake(fake_root, "--only", "02")
+    assert proc.returncode == 2, proc.stderr
+    assert "--only 02: no notebook 02_*.ipynb" in proc.stderr and "present: 01 03" in proc.stderr
+    assert not bootstrapped
+
+
+def test_valid_arguments_reach_the_bootstrap(fake_root):
+    proc, bootstrapped = _run_fake(fake_root, "--only", "03", "--profile", "smoke")
+    assert bootstrapped and "Python 3.11 not found" in proc.stderr and proc.returncode == 1

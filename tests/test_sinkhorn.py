@@ -235,9 +235,54 @@ def test_tau_schedule_is_the_paper_cosine_and_clamps_after_the_end():
 
 
 @pytest.mark.parametrize(
-    "args, match", [((0, 0, 2.0, 0.1), "total_steps.*0"), ((-1, 10, 2.0, 0.1), "step.*-1"),
-                    ((0, 10, 0.0, 0.1), "tau_start=0.0")]
+    "args, match",
+    [((0, 0, 2.0, 0.1), "total_steps.*0"), ((-1, 10, 2.0, 0.1), "step.*-1"), ((0, 10, 0.0, 0.1), "tau_start=0.0"),
+     ((math.nan, 10, 2.0, 0.1), "step .*got nan"), ((math.inf, 10, 2.0, 0.1), "step .*got inf"),
+     ((2.5, 10, 2.0, 0.1), r"step .*got 2\.5"), ((3.0, 10, 2.0, 0.1), r"step .*got 3\.0 \(float\)"),
+     ((True, 10, 2.0, 0.1), "step .*got True")],
 )
 def test_bad_tau_schedule_arguments_raise_value_error_naming_the_value(args, match):
     with pytest.raises(ValueError, match=match):
         tau_schedule(*args)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("tol", [None, 1e-6])
+def test_non_finite_log_alpha_raises_naming_the_entry(value, tol):
+    la = _scores(2, 5, 5)
+    la[1, 2, 3] = value
+    with pytest.raises(ValueError, match=rf"finite; entry \(1, 2, 3\) is {value}"):
+        sinkhorn(la, 10, tol=tol)
+    with pytest.raises(ValueError, match="finite"):
+        sinkhorn(la.requires_grad_(), 10, tol=tol)
+
+
+def test_non_finite_entries_in_padded_rows_and_columns_are_allowed():
+    la = _scores(2, 6, 6)
+    mask = torch.tensor([[True] * 4 + [False] * 2, [True] * 6])
+    padded = la.clone()
+    padded[0, :, 4:] = -math.inf  # what an attention key mask puts there
+    padded[0, 4:, :] = math.nan
+    torch.testing.assert_close(sinkhorn(padded, 20, mask=mask), sinkhorn(la, 20, mask=mask), atol=0, rtol=0)
+    padded[1, 0, 0] = -math.inf  # a real pair
+    with pytest.raises(ValueError, match=r"where mask keeps it .* entry \(1, 0, 0\) is -inf"):
+        sinkhorn(padded, 20, mask=mask)
+
+
+def test_check_finite_false_skips_the_check(cpu_path):
+    if cpu_path == "scaling":
+        pytest.skip("the opt-out is for the sync-free matrix loop (CUDA); the CPU scaling form may raise")
+    la = _scores(1, 4, 4)
+    la[0, 0, 0] = math.nan
+    assert torch.isnan(sinkhorn(la, 5, check_finite=False)).any()
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 0), (0, 3, 3), (0, 0)])
+def test_empty_input_gives_an_empty_result(shape):
+    la = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    for kwargs in ({}, {"tol": 1e-6}, {"return_log": True},
+                   {"mask": torch.ones(shape[:-1], dtype=torch.bool)}):
+        P = sinkhorn(la, 10, **kwargs)
+        assert P.shape == shape and P.dtype == torch.float64, kwargs
+    sinkhorn(la, 10).sum().backward()
+    assert la.grad.shape == shape
