@@ -5,9 +5,8 @@ type beside chance (:data:`gpslib.shapes_vqa.CHANCE`); :func:`image_reliance` as
 model reads the image at all. :func:`evaluate_run` scores a finished :mod:`gpslib.finetune` run on held-out prompts:
 validation loss, the metrics of Table 3 (:func:`gpslib.metrics.compute_metrics`) and,
 where the data carries short answers (ShapesVQA), answer accuracy. Results are cached in
-the run directory (``eval.json``) so notebooks rerun cheaply. :func:`mean_ci` and
-:func:`paired_difference` turn per-seed numbers into a mean with a 95% confidence interval
-(Student t), the error bars the paper's single-seed tables lack.
+the run directory (``eval.json``) so notebooks rerun cheaply. :func:`summarise_runs` turns per-seed numbers into a mean with a 95% confidence interval
+(:mod:`gpslib.intervals`), the error bars the paper's single-seed tables lack.
 """
 
 from __future__ import annotations
@@ -25,10 +24,11 @@ from gpslib.atomic_files import atomic_write_text
 from gpslib.data import VQACollator
 from gpslib.finetune import FinetuneConfig, load_data, load_finetuned
 from gpslib.generation import predict
+from gpslib.intervals import mean_ci
 from gpslib.metrics import compute_metrics, validation_loss
 from gpslib.shapes_vqa import CHANCE, SHORT_ANSWER_TYPES
 
-__all__ = ["accuracy_table", "image_reliance", "mean_ci", "paired_difference", "evaluate_run", "summarise_runs"]
+__all__ = ["accuracy_table", "image_reliance", "evaluate_run", "summarise_runs"]
 
 
 def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -77,30 +77,6 @@ def image_reliance(model, processor, dataset, batch_size: int = 32, seed: int = 
             shuffled += float(model(**dict(batch, pixel_values=batch["pixel_values"][perm.to(device)])).loss) * len(perm)
         n += len(perm)
     return {"loss": own / n, "shuffled_loss": shuffled / n, "gap": (shuffled - own) / n}
-
-
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and half-width of its Student-t confidence interval (NaN half-width for one value)."""
-    from scipy import stats
-
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("mean_ci needs at least one value; got none")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1); got confidence={confidence}")
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n))
-
-
-def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean of ``a - b`` over paired seeds and its CI half-width; raises ValueError on unequal lengths."""
-    if len(a) != len(b):
-        raise ValueError(f"paired values need equal lengths; got {len(a)} and {len(b)}")
-    return mean_ci([x - y for x, y in zip(a, b)], confidence)
 
 
 def evaluate_run(run_dir: str | os.PathLike, num_samples: int | None = None, batch_size: int = 16,

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gpslib.gps import GPSSettings, GumbelPermutationSinkformer
-from gpslib.sinkhorn import hard_permutation, order_to_perm_matrix, row_error, tau_schedule
+from gpslib.sinkhorn import hard_permutation, order_to_perm_matrix, perm_matrix_to_order, row_error, tau_schedule
 
 __all__ = [
     "ABLATIONS",
@@ -39,6 +39,8 @@ __all__ = [
     "permutation_loss",
     "run_all_experiments",
     "run_permutation_learning",
+    "sinusoid_code",
+    "sorting_metrics",
 ]
 
 TASKS = ("fixed_batch", "fixed_perm_fresh_tokens", "sort")
@@ -76,7 +78,54 @@ def permutation_accuracy(P: torch.Tensor, order: torch.Tensor) -> tuple[float, f
     return float(correct.float().mean()), float(correct.all(-1).float().mean()), float(valid.float().mean())
 
 
-def _sinusoid(n: int, dim: int) -> torch.Tensor:
+def sorting_metrics(pred: torch.Tensor, order: torch.Tensor) -> dict[str, float]:
+    """The three permutation-learning metrics of Mena et al. 2018 and NeuralSort (Grover et al. 2019).
+
+    Args:
+        pred: predicted orders (B, N) (gather indices in ``[0, N)``), or hard permutation
+            matrices (B, N, N), read through their row argmax (the Hungarian P of
+            ``GumbelPermutationSinkformer(..., hard=True)``). A row argmax that repeats an
+            item (the authors' ``"argmax"`` hardening) is scored as it is.
+        order: target orders (B, N); every row a permutation of ``0..N-1``.
+
+    Returns:
+        ``{"exact": ..., "elementwise": ..., "kendall_tau": ...}``: the fraction of sequences
+        entirely right (NeuralSort's "exact"; one minus Mena et al.'s "proportion of sequences
+        with any error"), the fraction of positions right (NeuralSort's "element-wise", one
+        minus Mena et al.'s "proportion wrong"), and Kendall's tau between predicted and true
+        rankings, mean over sequences. Kendall's tau is that of the predicted sequence's true
+        ranks ``rank[order_pred[j]]`` against the positions ``j`` (tau-b, so a repeated item is
+        a tie): for a permutation it equals Kendall's tau between the predicted and the true
+        rank of every item; 1 for the right order, -1 for its reversal, NaN for N = 1.
+    """
+    if order.dim() != 2:
+        raise ValueError(f"order must have shape (B, N); got {tuple(order.shape)}")
+    pred = pred.detach()
+    if pred.dim() == 3:
+        pred = perm_matrix_to_order(pred)  # (B, N)
+    if pred.shape != order.shape:
+        raise ValueError(f"pred must have shape {tuple(order.shape)} or (B, N, N); "
+                         f"got {tuple(pred.shape)}")
+    b, n = order.shape
+    order, pred = order.long().cpu(), pred.long().cpu()
+    if not torch.equal(order.sort(-1).values, torch.arange(n).expand(b, n)):
+        raise ValueError("order must hold a permutation of 0..N-1 in every row")
+    if bool(((pred < 0) | (pred >= n)).any()):
+        raise ValueError(f"pred must hold indices in [0, {n}); "
+                         f"got values in [{int(pred.min())}, {int(pred.max())}]")
+    correct = pred == order  # (B, N)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(n).expand(b, n))  # (B, N) per item
+    y = rank.gather(1, pred).double()  # (B, N): true rank of the item at each output position
+    upper = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)  # pairs j < l
+    sign = torch.sign(y[:, None, :] - y[:, :, None])[:, upper]  # (B, N(N-1)/2): sign(y_l - y_j)
+    pairs = n * (n - 1) / 2
+    tau = sign.sum(-1) / torch.sqrt(pairs * (sign != 0).sum(-1).double())  # tau-b, ties only in y
+    return {"exact": float(correct.all(-1).double().mean()),
+            "elementwise": float(correct.double().mean()),
+            "kendall_tau": float(tau.mean()) if n > 1 else math.nan}
+
+
+def sinusoid_code(n: int, dim: int) -> torch.Tensor:
     """Fixed sinusoidal position code (N, D)."""
     pos = torch.arange(n, dtype=torch.float32)[:, None]  # (N, 1)
     freq = torch.exp(-math.log(1e4) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)  # (D/2,)
@@ -98,7 +147,7 @@ def make_batch(task: str, batch_size: int, n_tokens: int, dim: int, generator: t
         tokens = torch.randn(batch_size, n_tokens, dim, generator=generator)
         order = torch.stack([torch.randperm(n_tokens, generator=generator) for _ in range(batch_size)])
         return tokens, order
-    pos = _sinusoid(n_tokens, dim)  # (N, D)
+    pos = sinusoid_code(n_tokens, dim)  # (N, D)
     if task == "fixed_perm_fresh_tokens":
         tokens = torch.randn(batch_size, n_tokens, dim, generator=generator) + pos
         return tokens, fixed_order.expand(batch_size, n_tokens).clone()
@@ -125,9 +174,11 @@ def run_permutation_learning(
 
     Columns: step, loss, tau, accuracy (row argmax of the training P against the target),
     valid_fraction (batch elements whose row argmax is a permutation), row_error (max
-    |row sum - 1| of the soft P), and eval_accuracy / eval_exact (held-out fresh batches
-    for the generalisation tasks, the training batch for ``"fixed_batch"``; noise off,
-    hard Hungarian; NaN except every ``eval_every`` steps and the last step).
+    |row sum - 1| of the soft P), and eval_accuracy / eval_exact / eval_kendall_tau (the
+    element-wise, exact-sequence and Kendall's tau metrics of :func:`sorting_metrics` on
+    held-out fresh batches for the generalisation tasks, the training batch for
+    ``"fixed_batch"``; noise off, hard P; NaN except every ``eval_every`` steps and the
+    last step).
     ``df.attrs`` holds the settings and the final eval metrics.
     """
     if task not in TASKS:
@@ -152,14 +203,15 @@ def run_permutation_learning(
     ]
     eval_every = eval_every or steps
 
-    def evaluate() -> tuple[float, float]:
+    def evaluate() -> tuple[float, float, float]:  # element-wise, exact, Kendall's tau
         model.eval()
         with torch.no_grad():
             batches = eval_batches or [(tokens, order)]
-            accs = [permutation_accuracy(model(x.to(device), tau=gps.tau_end, hard=True, noise=False),
-                                         o.to(device))[:2] for x, o in batches]
+            scores = [sorting_metrics(model(x.to(device), tau=gps.tau_end, hard=True, noise=False), o)
+                      for x, o in batches]
         model.train()
-        return sum(a for a, _ in accs) / len(accs), sum(e for _, e in accs) / len(accs)
+        return tuple(sum(m[k] for m in scores) / len(scores)
+                     for k in ("elementwise", "exact", "kendall_tau"))
 
     rows = []
     for step in tqdm(range(steps), disable=not progress, desc=f"GPS {task}"):
@@ -179,13 +231,14 @@ def run_permutation_learning(
         acc, _, valid = permutation_accuracy(P, o)
         row = {"step": step, "loss": float(loss.detach()), "tau": tau, "accuracy": acc, "valid_fraction": valid,
                "row_error": float(row_error(soft.detach()).max()),
-               "eval_accuracy": math.nan, "eval_exact": math.nan}
+               "eval_accuracy": math.nan, "eval_exact": math.nan, "eval_kendall_tau": math.nan}
         if (step + 1) % eval_every == 0 or step == steps - 1:
-            row["eval_accuracy"], row["eval_exact"] = evaluate()
+            row["eval_accuracy"], row["eval_exact"], row["eval_kendall_tau"] = evaluate()
         rows.append(row)
     df = pd.DataFrame(rows)
     df.attrs.update(settings=settings, final_eval_accuracy=rows[-1]["eval_accuracy"],
-                    final_eval_exact=rows[-1]["eval_exact"])
+                    final_eval_exact=rows[-1]["eval_exact"],
+                    final_eval_kendall_tau=rows[-1]["eval_kendall_tau"])
     return df
 
 

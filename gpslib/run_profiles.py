@@ -67,21 +67,34 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # notebooks/03_gps_permutation_learning.ipynb (paper Section 3.2, 4.5, Figure 5);
     # read by gpslib.permutation_learning.run_all_experiments. `cpu`: main run + 4
     # ablations + fixed-permutation and sorting runs: 188 s measured (1 thread, shared 2 cores).
+    # "digits": gpslib.digits_sorting.run_digits_benchmark (sorting 4-digit numbers from
+    # scikit-learn's 8x8 digit images, NeuralSort's protocol); `cpu`: 5 n x 3 seeds.
     "gps": {
         "smoke": {"n_tokens": 16, "dim": 32, "ffn_dim": 128, "num_layers": 4, "steps": 12,
                   "batch_size": 4, "lr": 1e-4, "sinkhorn_iters": 50, "gen_steps": 12,
                   "sort_n_tokens": [5, 9], "n_eval": 8,
-                  "diag_n": 32, "diag_taus": [2.0, 1.0, 0.1, 0.01], "diag_iters": [1, 5, 10, 50]},
+                  "diag_n": 32, "diag_taus": [2.0, 1.0, 0.1, 0.01], "diag_iters": [1, 5, 10, 50],
+                  "digits": {"n_values": [3, 5], "seeds": [0, 1], "n_digits": 4, "steps": 6, "batch_size": 4,
+                             "dim": 16, "channels": [4, 8], "lr": 3e-3, "grad_clip": 5.0, "n_test": 20, "test_batch_size": 10,
+                             "gps": {"num_layers": 2, "ffn_dim": 32, "sinkhorn_iters": 20, "hard_after": 1.0}}},
         "cpu": {"n_tokens": 64, "dim": 128, "ffn_dim": 512, "num_layers": 4, "steps": 400,
                 "batch_size": 4, "lr": 1e-4, "sinkhorn_iters": 50, "gen_steps": 400,
                 "sort_n_tokens": [5, 9, 15, 64, 128], "n_eval": 64,
                 "diag_n": 800, "diag_taus": [2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.01],
-                "diag_iters": [1, 2, 5, 10, 20, 50, 100, 200, 500]},
+                "diag_iters": [1, 2, 5, 10, 20, 50, 100, 200, 500],
+                "digits": {"n_values": [3, 5, 7, 9, 15], "seeds": [0, 1, 2], "n_digits": 4, "steps": 600,
+                           "batch_size": 16, "dim": 32, "channels": [16, 32], "lr": 3e-3, "grad_clip": 5.0,
+                           "n_test": 500, "test_batch_size": 250,
+                           "gps": {"num_layers": 2, "ffn_dim": 64, "sinkhorn_iters": 20, "hard_after": 1.0}}},
         "paper": {"n_tokens": 800, "dim": 2048, "ffn_dim": 8192, "num_layers": 4, "steps": 1000,
                   "batch_size": 4, "lr": 1e-4, "sinkhorn_iters": 50, "gen_steps": 1000,
                   "sort_n_tokens": [5, 9, 15, 64, 128], "n_eval": 256,
                   "diag_n": 800, "diag_taus": [2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.01],
-                  "diag_iters": [1, 2, 5, 10, 20, 50, 100, 200, 500]},
+                  "diag_iters": [1, 2, 5, 10, 20, 50, 100, 200, 500],
+                  "digits": {"n_values": [3, 5, 7, 9, 15], "seeds": [0, 1, 2, 3, 4], "n_digits": 4,
+                             "steps": 5000, "batch_size": 64, "dim": 64, "channels": [32, 64], "lr": 1e-3, "grad_clip": 5.0,
+                             "n_test": 2000, "test_batch_size": 500,
+                             "gps": {"num_layers": 4, "ffn_dim": 256, "sinkhorn_iters": 50, "hard_after": 1.0}}},
     },
 }
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 import pytest
 
@@ -38,15 +36,6 @@ def test_predicted_answers_are_scored_per_question_type():
 def test_predict_rejects_a_bad_batch_size_by_name():
     with pytest.raises(ValueError, match="batch_size=0"):
         predict(None, None, [], batch_size=0)
-
-
-def test_mean_ci_matches_the_t_interval():
-    mean, half = ev.mean_ci([1.0, 2.0, 3.0])
-    assert mean == 2.0 and half == pytest.approx(4.302652729749464 / math.sqrt(3), rel=1e-9)
-    assert math.isnan(ev.mean_ci([1.0])[1])
-    assert ev.paired_difference([2.0, 3.0, 4.0], [1.0, 2.0, 3.0]) == (1.0, 0.0)
-    with pytest.raises(ValueError, match="equal lengths"):
-        ev.paired_difference([1.0], [1.0, 2.0])
 
 
 def test_image_reliance_compares_own_and_swapped_images():

@@ -17,7 +17,8 @@ from gpslib.sinkhorn import order_to_perm_matrix
 
 GPS = {"ffn_dim": 32, "num_layers": 2, "sinkhorn_iters": 10}
 TINY = {"n_tokens": 6, "dim": 16, "gps": GPS, "progress": False}
-COLUMNS = ["step", "loss", "tau", "accuracy", "valid_fraction", "row_error", "eval_accuracy", "eval_exact"]
+COLUMNS = ["step", "loss", "tau", "accuracy", "valid_fraction", "row_error", "eval_accuracy", "eval_exact",
+           "eval_kendall_tau"]
 
 
 def test_history_has_the_documented_columns_and_one_row_per_step():
@@ -58,6 +59,7 @@ def test_generalisation_tasks_report_held_out_metrics(task):
     df = run_permutation_learning(steps=3, task=task, n_eval=8, **TINY)
     assert 0.0 <= df.attrs["final_eval_accuracy"] <= 1.0
     assert 0.0 <= df.attrs["final_eval_exact"] <= df.attrs["final_eval_accuracy"]
+    assert -1.0 <= df.attrs["final_eval_kendall_tau"] <= 1.0
 
 
 def test_sort_targets_sort_the_hidden_scalar_and_fixed_perm_targets_are_shared():
