@@ -21,8 +21,10 @@ over the prompt's [image; text] tokens, Algorithm 2: ``P @ tokens``, soft or str
 hard in training, no noise and a Hungarian permutation at inference, so gradients reach the
 projector and the Sinkformer); ``"oracle"`` (a per-sample assignment of image tokens to text
 tokens given with the batch, ``reorder_assignment``, from ShapesVQA's grounding, placed as
-Algorithm 1 places cosine matches: the upper bound for learned orders). Positions:
-:mod:`gpslib.positions`.
+Algorithm 1 places cosine matches: the upper bound for learned orders); ``"random"`` (as many
+image tokens moved as ``"cosine"`` moves, each to a random word of the prompt, drawn from a
+seed of the prompt's own tokens: the control that separates proximity from similarity).
+Positions: :mod:`gpslib.positions`.
 
 ``generate`` follows transformers' conventions: it reorders the prompt once at prefill, runs
 transformers' ``generate`` from the embeddings with the KV cache (decoding continues from the
@@ -50,7 +52,7 @@ from gpslib.positions import position_ids as compute_position_ids
 from gpslib.prompt_layout import PromptLayout, check_feature_rows, prompt_layout
 from gpslib.reordering_config import ReorderingLlavaConfig, reordering_config
 from gpslib.sinkhorn import perm_matrix_to_order
-from gpslib.tokenmixer import cosine_assignment, grouped_order
+from gpslib.tokenmixer import cosine_assignment, grouped_order, random_assignment_like
 
 __all__ = ["ReorderedInputs", "ReorderingLlavaForConditionalGeneration"]
 
@@ -189,6 +191,11 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
             local_order = grouped_order(assignment, n, config.placement)
         elif config.reorder == "oracle":
             local_order = grouped_order(self._check_assignment(reorder_assignment, layout), n, config.placement)
+        elif config.reorder == "random":
+            cosine, _ = cosine_assignment(image, text, config.threshold, layout.text_mask)
+            text_ids = parts["text_ids"] * layout.text_mask  # (B, N), 0 on padding
+            seeds = (text_ids * torch.arange(1, n + 1, device=text_ids.device)).sum(1) % (2**31 - 1)  # per prompt
+            local_order = grouped_order(random_assignment_like(cosine, layout.n_text, seeds), n, config.placement)
         else:
             perm_matrix, mixed, local_order = self._gps_reorder(embeds, torch.cat([image, text], dim=1), layout)
         if config.reorder == "none":

@@ -11,7 +11,8 @@ Fields (defaults in brackets):
 
 * ``reorder`` ["none"]: the strategy, one of :data:`STRATEGIES`: ``"none"`` (plain LLaVA),
   ``"cosine"`` (TokenMixer, Algorithm 1), ``"gps"`` (the Gumbel Permutation Sinkformer,
-  Algorithm 2), ``"oracle"`` (ShapesVQA's grounding; the upper bound).
+  Algorithm 2), ``"oracle"`` (ShapesVQA's grounding; the upper bound), ``"random"`` (as many
+  image tokens moved as ``"cosine"`` moves, each to a random word: the proximity control).
 * ``threshold`` [0.1, :data:`gpslib.paper.SIMILARITY_THRESHOLD`]: TokenMixer's cosine-similarity
   threshold, the paper's tau_align (0.1 in Table 3; the authors' code uses
   :data:`gpslib.paper.AUTHORS_CODE_THRESHOLD`).
@@ -42,7 +43,7 @@ from gpslib.tokenmixer import check_placement, check_threshold
 
 __all__ = ["STRATEGIES", "REORDERING_FIELDS", "ReorderingLlavaConfig", "check_reordering_settings", "reordering_config"]
 
-STRATEGIES = ("none", "cosine", "gps", "oracle")
+STRATEGIES = ("none", "cosine", "gps", "oracle", "random")
 REORDERING_FIELDS = ("reorder", "threshold", "placement", "gps", "position_gap", "position_scheme", "v2pe_delta",
                      "assistant_separator_ids")
 

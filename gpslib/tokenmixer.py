@@ -29,6 +29,7 @@ __all__ = [
     "cosine_assignment",
     "cosine_reorder",
     "similarity_stats",
+    "random_assignment_like",
     "grounding_scores",
 ]
 
@@ -178,6 +179,31 @@ def similarity_stats(
     """
     assignment, best = cosine_assignment(image_embeds, text_embeds, threshold, text_mask)
     return {"best": best, "fraction_moved": float((assignment >= 0).float().mean()) if assignment.numel() else 0.0}
+
+
+def random_assignment_like(assignment: torch.Tensor, n_text: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """A control for TokenMixer: as many image tokens moved as ``assignment`` moves, at random.
+
+    assignment (B, M) long (-1 = unmatched); n_text (B,) the real text tokens of each row;
+    seeds (B,) long, one generator seed per row (so a row gets the same draw alone or in any
+    batch). Row b moves ``k_b = (assignment[b] >= 0).sum()`` image tokens chosen uniformly
+    at random, each to a text token drawn uniformly from ``[0, n_text[b])``. Returns (B, M)
+    long, -1 for unmoved tokens. Separates proximity (tokens near *some* word) from
+    similarity (tokens near *their* word).
+    """
+    if assignment.dim() != 2 or n_text.shape != assignment.shape[:1] or seeds.shape != assignment.shape[:1]:
+        raise ValueError(f"assignment must be (B, M) with n_text and seeds (B,); got {tuple(assignment.shape)}, "
+                         f"{tuple(n_text.shape)}, {tuple(seeds.shape)}")
+    out = torch.full_like(assignment, -1)
+    m = assignment.shape[1]
+    for b in range(assignment.shape[0]):
+        k, n = int((assignment[b] >= 0).sum()), int(n_text[b])
+        if k == 0 or n == 0:
+            continue
+        g = torch.Generator().manual_seed(int(seeds[b]))
+        moved = torch.randperm(m, generator=g)[:k]
+        out[b, moved.to(out.device)] = torch.randint(0, n, (k,), generator=g).to(out.device)
+    return out
 
 
 def grounding_scores(

@@ -11,7 +11,7 @@ from gpslib.model import build_model, build_processor, load_model
 from gpslib.reordering import ReorderingLlavaForConditionalGeneration
 from gpslib.reordering_config import ReorderingLlavaConfig
 
-STRATEGIES = ["none", "cosine", "oracle", "gps"]
+STRATEGIES = ["none", "cosine", "oracle", "gps", "random"]
 
 
 def _strip(batch, keys=("input_ids", "attention_mask", "pixel_values", "labels", "reorder_assignment")):
@@ -72,7 +72,7 @@ def test_unreachable_cosine_threshold_leaves_an_image_first_prompt_and_its_logit
     assert torch.equal(model(input_ids=ids, pixel_values=pixels).logits, plain(input_ids=ids, pixel_values=pixels).logits)
 
 
-@pytest.mark.parametrize("reorder", ["cosine", "oracle", "gps"])
+@pytest.mark.parametrize("reorder", ["cosine", "oracle", "gps", "random"])
 @torch.no_grad()
 def test_batched_results_equal_per_sample_results(reordering_model, train_batch, reorder):
     # gps: the soft, noise-free P (a hard permutation may swap near-identical background
@@ -126,6 +126,24 @@ def test_oracle_puts_each_objects_patches_right_before_its_word(reordering_model
             assert sorted(new_position[patches].tolist()) == list(range(word_pos - len(patches), word_pos))
 
 
+@torch.no_grad()
+def test_random_moves_as_many_image_tokens_as_cosine_but_not_the_same_ones(reordering_model, gen_batch):
+    batch = _strip(gen_batch, ("input_ids", "attention_mask", "pixel_values"))
+    image = batch["input_ids"] == reordering_model("none").config.image_token_id
+    first = batch["attention_mask"].argmax(1)  # BOS; unmatched image tokens follow it
+
+    def moved(reorder):  # "after": the unmatched image tokens are exactly the run right after BOS
+        r = reordering_model(reorder, threshold=0.1, placement="after").reorder_inputs(**batch)
+        new_image = image.gather(1, r.order).long()
+        run = torch.tensor([int(new_image[b, first[b] + 1:].cumprod(0).sum()) for b in range(N_ROWS)])
+        return r.order, image.sum(1) - run
+
+    (cosine, n_cosine), (random, n_random), (again, _) = moved("cosine"), moved("random"), moved("random")
+    assert torch.equal(random, again)  # drawn from the prompt's tokens, not from a global generator
+    assert torch.equal(n_random, n_cosine) and n_cosine.sum() > 0
+    assert not torch.equal(random, cosine)
+
+
 def test_oracle_without_assignment_raises(reordering_model, gen_batch):
     with pytest.raises(ValueError, match="reorder_assignment"):
         reordering_model("oracle")(**_strip(gen_batch, ("input_ids", "attention_mask", "pixel_values")))
@@ -174,8 +192,8 @@ def test_gps_reorders_a_prompt_with_no_question_words(reordering_model, processo
 
 def test_switching_strategy_after_construction_is_checked(reordering_model, train_batch):
     model = reordering_model("cosine")
-    with pytest.raises(ValueError, match="'random'"):
-        model.config.reorder = "random"
+    with pytest.raises(ValueError, match="'shuffle'"):
+        model.config.reorder = "shuffle"
     model.config.reorder = "gps"
     with pytest.raises(ValueError, match="without a Sinkformer"):
         model(**_strip(train_batch))
@@ -343,7 +361,7 @@ def test_load_model_turns_a_plain_checkpoint_into_a_reordering_model(plain, proc
 @pytest.mark.parametrize(
     "settings, match",
     [
-        ({"reorder": "random"}, r"'none', 'cosine', 'gps', 'oracle'.*'random'"),
+        ({"reorder": "shuffle"}, r"'none', 'cosine', 'gps', 'oracle', 'random'.*'shuffle'"),
         ({"threshold": 2.0}, "threshold=2.0"),
         ({"placement": "middle"}, "'middle'"),
         ({"gps": {"layers": 3}}, "'layers'"),

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from gpslib.comparison_only import cosine_reorder_per_token
-from gpslib.tokenmixer import cosine_assignment, cosine_reorder, grounding_scores, grouped_order, similarity_stats
+from gpslib.tokenmixer import (
+    cosine_assignment,
+    cosine_reorder,
+    grounding_scores,
+    grouped_order,
+    random_assignment_like,
+    similarity_stats,
+)
 
 
 def test_unmatched_image_tokens_come_first_then_each_group_before_its_word():
@@ -128,3 +135,14 @@ def test_grounding_scores_count_a_patch_as_correct_when_its_word_names_its_objec
     assert scores["n_moved"] == 3 and scores["n_correct"] == 1 and scores["n_nameable"] == 3
     assert scores["precision"] == pytest.approx(1 / 3) and scores["recall"] == pytest.approx(1 / 3)
     assert scores["moved"] == pytest.approx(0.75)
+
+
+def test_random_control_moves_as_many_tokens_to_real_words_and_repeats_per_seed():
+    assignment = torch.tensor([[-1, 2, 0, -1, 1], [-1, -1, -1, -1, -1], [0, 0, 0, 0, 0]])
+    n_text = torch.tensor([3, 4, 2])
+    seeds = torch.tensor([11, 12, 13])
+    out = random_assignment_like(assignment, n_text, seeds)
+    assert ((out >= 0).sum(1)).tolist() == [3, 0, 5]
+    assert all(int(out[b].max()) < int(n_text[b]) for b in range(3))
+    assert torch.equal(random_assignment_like(assignment[2:], n_text[2:], seeds[2:]), out[2:])  # alone = in a batch
+    assert not torch.equal(random_assignment_like(assignment, n_text, seeds + 1), out)
