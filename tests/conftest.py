@@ -3,7 +3,9 @@
 Every test runs offline (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1``) with one torch
 thread, so results do not depend on the machine's core count. Tests that start processes
 (the 2-process fine-tune, the CLIs, ``run_all.sh``) carry the ``slow`` marker:
-``pytest -m "not slow"`` skips them for a quick check; CI runs everything.
+``pytest -m "not slow"`` skips them for a quick check; CI runs everything. Helpers that
+several files need (``strip``, ``vsft_messages``, ``scores``) live here too, imported with
+``from conftest import ...``, so no test file keeps a copy of its own.
 """
 
 from __future__ import annotations
@@ -22,6 +24,25 @@ from gpslib.shapes_vqa import shapes_vqa  # noqa: E402
 
 torch.set_num_threads(1)
 N_ROWS = 4  # rows of the shared batches
+PLAIN_INPUTS = ("input_ids", "attention_mask", "pixel_values", "labels")  # what plain LLaVA takes
+REORDER_INPUTS = PLAIN_INPUTS + ("reorder_assignment",)  # ... and a reordering model too
+
+
+def strip(batch, keys=REORDER_INPUTS):
+    """The entries of a collated ``batch`` named in ``keys`` (the model inputs; the rest is bookkeeping)."""
+    return {k: v for k, v in batch.items() if k in keys}
+
+
+def vsft_messages(question, answer, n_image_parts=1):
+    """One user turn (``n_image_parts`` image parts, then ``question``) and one assistant turn
+    (``answer``), in the llava-instruct-mix-vsft ``messages`` schema."""
+    user = [{"type": "image", "text": None}] * n_image_parts + [{"type": "text", "text": question}]
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+
+
+def scores(*shape, seed=0, dtype=torch.float64):
+    """Seeded standard-normal scores of ``shape`` (the Sinkhorn tests' log_alpha)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def pytest_configure(config):

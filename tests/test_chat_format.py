@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from conftest import vsft_messages
 from gpslib.chat_format import (
     ASSISTANT_SEPARATOR,
     CHAT_TEMPLATE,
@@ -17,11 +18,6 @@ from gpslib.chat_format import (
 )
 
 
-def _msgs(q, a, n_image_parts=1):
-    user = [{"type": "image", "text": None}] * n_image_parts + [{"type": "text", "text": q}]
-    return [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": a}]}]
-
-
 @pytest.fixture(scope="module")
 def tok(processor):
     return processor.tokenizer
@@ -30,10 +26,10 @@ def tok(processor):
 def test_prompt_and_training_text_follow_the_real_format():
     assert format_prompt("Is it red?") == "USER: <image>\nIs it red? ASSISTANT:"
     assert format_example("Is it red?", "Yes.") == "USER: <image>\nIs it red? ASSISTANT: Yes.</s>"
-    text, spans = conversation_text(_msgs("Is it red?", "Yes."))
+    text, spans = conversation_text(vsft_messages("Is it red?", "Yes."))
     assert text == "USER: <image>\nIs it red? ASSISTANT: Yes.</s>"
     assert [text[a:b] for a, b in spans] == ["Yes.</s>"]
-    assert first_turn(_msgs("q", "a")) == ("q", "a")
+    assert first_turn(vsft_messages("q", "a")) == ("q", "a")
 
 
 def test_chat_template_renders_exactly_what_conversation_text_writes(tok):
@@ -44,7 +40,7 @@ def test_chat_template_renders_exactly_what_conversation_text_writes(tok):
         for turn in range(rng.randint(1, 3)):
             q = " ".join(rng.choice(words) for _ in range(rng.randint(1, 4)))
             a = " ".join(rng.choice(words) for _ in range(rng.randint(1, 4)))
-            messages += _msgs(q, a, n_image_parts=1 if turn == 0 else 0)
+            messages += vsft_messages(q, a, n_image_parts=1 if turn == 0 else 0)
         for generation in (False, True):
             shown = messages[:-1] if generation else messages
             expected = conversation_text(shown, add_generation_prompt=generation)[0]
@@ -63,4 +59,4 @@ def test_unknown_roles_and_missing_turns_raise_value_errors():
     with pytest.raises(ValueError, match="system"):
         conversation_text([{"role": "system", "content": []}])
     with pytest.raises(ValueError, match="roles"):
-        first_turn(_msgs("q", "a")[:1])
+        first_turn(vsft_messages("q", "a")[:1])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import kendalltau
 
-from gpslib import paper
+from gpslib import digits_sorting, paper
 from gpslib.digits_sorting import (
     DIGIT_SIZE,
     DigitSorter,
@@ -20,7 +20,6 @@ from gpslib.digits_sorting import (
     sample_sequences,
 )
 from gpslib.gps import GPSSettings
-from gpslib.intervals import mean_ci
 from gpslib.permutation_learning import sorting_metrics
 from gpslib.run_profiles import profile_settings
 from gpslib.sinkhorn import is_permutation, order_to_perm_matrix
@@ -136,12 +135,31 @@ def test_sequences_hold_distinct_numbers_and_the_target_sorts_them_ascending(poo
     assert bool((numbers.gather(1, order).diff(dim=-1) > 0).all())
 
 
-def test_test_sequences_are_fixed_per_n_and_the_same_for_every_seed(pools):
+def test_test_sequences_are_the_same_for_every_seed_and_drawn_from_the_test_pool_only(pools, monkeypatch):
+    scored = []  # the test batches each run is scored on
+    evaluate = digits_sorting._evaluate
+    monkeypatch.setattr(digits_sorting, "_evaluate",
+                        lambda model, batches, tau: scored.append(batches) or evaluate(model, batches, tau))
+    for n, seed in ((3, 0), (3, 5), (4, 0)):
+        run_digits_sorting(n, seed=seed, pools=pools, **TINY)
+    (seed0, seed5, other_n) = scored
+    assert len(seed0) == TINY["n_test"] // TINY["test_batch_size"]
+    for (x0, o0), (x5, o5) in zip(seed0, seed5):
+        assert torch.equal(x0, x5) and torch.equal(o0, o5)
+    assert other_n[0][0].shape[1] == 4  # n = 4: its own sequences
+    tiles = torch.cat([x for x, _ in seed0]).reshape(-1, DIGIT_SIZE, 4, DIGIT_SIZE).transpose(1, 2)
+    tiles = tiles.reshape(-1, DIGIT_SIZE ** 2)  # every digit image of every test number
+    nearest = lambda pool: torch.cdist(tiles, pool.reshape(-1, DIGIT_SIZE ** 2)).min(-1).values  # noqa: E731
+    assert float(nearest(pools.test_images).max()) == 0.0  # each tile is a test-pool image ...
+    assert float(nearest(pools.train_images).min()) > 0.0  # ... and none is a training image
+
+
+def test_seeded_runs_repeat_and_another_seed_trains_differently(pools):
     a = run_digits_sorting(3, seed=0, pools=pools, **TINY)
     b = run_digits_sorting(3, seed=0, pools=pools, **TINY)
     c = run_digits_sorting(3, seed=5, pools=pools, **TINY)
-    assert a.equals(b) and a.attrs["exact"] == b.attrs["exact"]  # seeded runs repeat
-    assert not a["loss"].equals(c["loss"])  # another seed trains differently
+    assert a.equals(b) and a.attrs["exact"] == b.attrs["exact"]
+    assert not a["loss"].equals(c["loss"])
 
 
 # ----------------------------------------------------------------------------- model and training
@@ -182,9 +200,10 @@ def test_table_shows_mean_and_interval_over_seeds_beside_neuralsort_labelled_as_
                             "kendall_tau": [0.6, 0.7, 0.8, 0.4, 0.5]})
     table = digits_sorting_table(results)
     assert table.index.tolist() == [3, 20]
-    mean, half = mean_ci([0.5, 0.6, 0.7])
-    assert table.loc[3, "GPS exact"] == pytest.approx(mean)
-    assert table.loc[3, "GPS exact ±95%"] == pytest.approx(half)
+    # n = 3: mean 0.6, sample standard deviation 0.1, Student t with 2 degrees of freedom
+    assert table.loc[3, "GPS exact"] == pytest.approx(0.6, abs=1e-12)
+    assert table.loc[3, "GPS exact ±95%"] == pytest.approx(4.302652730 * 0.1 / math.sqrt(3), abs=1e-9)
+    assert table.loc[20, "GPS Kendall's tau"] == pytest.approx(0.45, abs=1e-12)
     assert table.loc[20, "seeds"] == 2
     assert table.loc[3, "chance exact"] == pytest.approx(1 / 6)
     assert table.loc[3, "chance element-wise"] == pytest.approx(1 / 3)
@@ -200,13 +219,13 @@ def test_neuralsort_numbers_are_their_table1_rows():
     assert [t["Gumbel-Sinkhorn"]["elementwise"][n] for n in ns] == [0.575, 0.295, 0.189, 0.146, 0.078]
     assert [t["Deterministic NeuralSort"]["exact"][n] for n in ns] == [0.930, 0.837, 0.738, 0.649, 0.386]
     assert [t["Deterministic NeuralSort"]["elementwise"][n] for n in ns] == [0.951, 0.927, 0.909, 0.896, 0.857]
-    assert paper.NEURALSORT_GUMBEL_SINKHORN_EXACT == t["Gumbel-Sinkhorn"]["exact"]
 
 
 def test_cpu_and_paper_profiles_run_every_n_of_neuralsort_with_at_least_three_seeds():
+    theirs = sorted({n for by_metric in paper.NEURALSORT_TABLE1.values() for row in by_metric.values() for n in row})
     for profile in ("cpu", "paper"):
         digits = profile_settings("gps", profile)["digits"]
-        assert digits["n_values"] == [3, 5, 7, 9, 15] and len(digits["seeds"]) >= 3
+        assert digits["n_values"] == theirs and len(digits["seeds"]) >= 3
         assert digits["n_digits"] == 4
     assert set(profile_settings("gps", "smoke")["digits"]) == set(profile_settings("gps", "cpu")["digits"])
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from gpslib.comparison_only import sinkhorn_clamped_authors
 from gpslib.gps import GPSSettings, GumbelPermutationSinkformer
 from gpslib.sinkhorn import is_permutation
 
@@ -69,11 +70,17 @@ def test_padded_tokens_do_not_change_the_real_block():
     torch.testing.assert_close(full[:, :4, :4], model(x[:, :4], tau=0.3, noise=False), atol=1e-5, rtol=0)
 
 
-def test_authors_sinkhorn_switch_runs_and_rejects_mask():
-    model = _model(sinkhorn_impl="authors")
-    assert model(_tokens(), tau=0.5).shape == (2, 6, 6)
+def test_authors_sinkhorn_switch_uses_the_clamped_loop_and_rejects_mask():
+    model, x = _model(sinkhorn_impl="authors"), _tokens()
+    with torch.no_grad():
+        log_alpha = model.scores(x) / 0.05  # tau 0.05: most entries lie past the clamp at 15
+        expected = sinkhorn_clamped_authors(log_alpha, n_iters=10)
+        ours = _model()(x, tau=0.05, noise=False)  # the same weights through the library's Sinkhorn
+        P = model(x, tau=0.05, noise=False)
+    torch.testing.assert_close(P, expected, atol=0, rtol=0)
+    assert float((P - ours).abs().max()) > 0.1
     with pytest.raises(ValueError, match="mask"):
-        model(_tokens(), mask=torch.ones(2, 6, dtype=torch.bool))
+        model(x, mask=torch.ones(2, 6, dtype=torch.bool))
 
 
 @pytest.mark.parametrize(

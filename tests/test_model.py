@@ -59,8 +59,8 @@ def test_build_model_is_deterministic_in_seed():
     assert not all(torch.equal(pa[k], pc[k]) for k in pa)
 
 
-def test_save_and_load_round_trip_keeps_logits_and_processor(tmp_path):
-    model, processor = build_model("test", seed=3), build_processor("test")
+def test_save_and_load_round_trip_keeps_logits_and_processor(tmp_path, processor):
+    model = build_model("test", seed=3)
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     loaded, loaded_proc = load_model(tmp_path)

@@ -23,7 +23,15 @@ def test_table2_has_ten_epochs_and_table3_six_metrics():
     assert paper.table3().loc["bleu", "cosine_0.1"] == 0.3030
 
 
-def test_similarity_excerpt_lies_below_the_threshold_as_the_paper_says():
+def test_similarity_summary_counts_entries_at_or_above_the_threshold(monkeypatch):
+    monkeypatch.setattr(paper, "SIMILARITY_EXCERPT", ((0.1, -0.3), (0.25, 0.05)))
     summary = paper.similarity_excerpt_summary()
-    assert summary["max"] < paper.SIMILARITY_THRESHOLD
-    assert summary["fraction_at_or_above_threshold"] == 0.0
+    assert summary["min"] == -0.3 and summary["max"] == 0.25
+    assert summary["mean_abs"] == pytest.approx(0.7 / 4, abs=1e-12)
+    assert summary["fraction_at_or_above_threshold"] == 0.5  # 0.1 itself counts: "reaches tau_align"
+
+
+def test_the_papers_similarity_excerpt_lies_below_the_threshold():
+    summary = paper.similarity_excerpt_summary()
+    assert summary["max"] == 0.0433 and summary["min"] == -0.0213  # the printed corner's extremes
+    assert summary["fraction_at_or_above_threshold"] == 0.0  # "well below" tau_align, as Section 4.4 says

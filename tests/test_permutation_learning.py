@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from gpslib.gps import GPSSettings, GumbelPermutationSinkformer
 from gpslib.permutation_learning import (
     make_batch,
     permutation_accuracy,
@@ -42,24 +43,61 @@ def test_seeded_runs_are_identical():
     assert a.equals(b)
 
 
+@pytest.fixture(scope="module")
+def default_run():
+    return run_permutation_learning(steps=4, **{**TINY, "gps": {**GPS, "hard_after": 0.25}})
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{"gps": {"sinkhorn_impl": "authors", "hard_method": "argmax"}}, {"ce_weight": 0.0, "entropy_weight": 0.0},
      {"gps": {"noise_scale": 0.0}}],
 )
-def test_switches_run_and_give_finite_losses(overrides):
-    gps = {**GPS, "hard_after": 0.25, **overrides.pop("gps", {})}
+def test_each_switch_changes_the_run_and_keeps_its_losses_finite(default_run, overrides):
+    gps = {**GPS, "hard_after": 0.25, **overrides.get("gps", {})}
     df = run_permutation_learning(steps=4, **{**TINY, **overrides, "gps": gps})
     assert df.loss.map(math.isfinite).all()
-    assert df.attrs["settings"]["gps"]["hard_after"] == 0.25
+    assert float((df.loss - default_run.loss).abs().max()) > 1e-3  # the switch reached the run
+    assert df.attrs["settings"]["gps"] == GPSSettings(**gps).to_dict()
+
+
+def test_zero_ce_and_entropy_weights_leave_the_mse_alone():
+    # MSE of a doubly stochastic (or hard) P against a permutation matrix is at most 2 / N;
+    # the cross-entropy term alone would be about log N = 1.8 here
+    gps = {**GPS, "hard_after": 0.25}
+    df = run_permutation_learning(steps=4, ce_weight=0.0, entropy_weight=0.0, **{**TINY, "gps": gps})
+    assert (df.loss <= 2 / TINY["n_tokens"] + 1e-6).all()
+
+
+def _record_gps_inputs(monkeypatch):
+    """Record the tokens GPS sees: with noise (training steps) and without (evaluation)."""
+    seen = {"train": [], "eval": []}
+    forward = GumbelPermutationSinkformer.forward
+
+    def recording(self, x, *args, noise=True, **kwargs):
+        seen["train" if noise else "eval"].append(x.detach().clone())
+        return forward(self, x, *args, noise=noise, **kwargs)
+
+    monkeypatch.setattr(GumbelPermutationSinkformer, "forward", recording)
+    return seen
 
 
 @pytest.mark.parametrize("task", ["fixed_perm_fresh_tokens", "sort"])
-def test_generalisation_tasks_report_held_out_metrics(task):
-    df = run_permutation_learning(steps=3, task=task, n_eval=8, **TINY)
-    assert 0.0 <= df.attrs["final_eval_accuracy"] <= 1.0
-    assert 0.0 <= df.attrs["final_eval_exact"] <= df.attrs["final_eval_accuracy"]
-    assert -1.0 <= df.attrs["final_eval_kendall_tau"] <= 1.0
+def test_generalisation_tasks_are_scored_on_one_fixed_held_out_set(task, monkeypatch):
+    seen = _record_gps_inputs(monkeypatch)
+    df = run_permutation_learning(steps=3, task=task, n_eval=8, eval_every=1, **TINY)
+    train, held_out = seen["train"], seen["eval"]
+    assert len(train) == 3 and len(held_out) == 3 * 2  # 3 evaluations of 8 // 4 batches
+    assert all(torch.equal(a, b) for a, b in zip(held_out, held_out[:2] * 3))  # the same set every time
+    assert not any(torch.equal(a, b) for a in held_out for b in train)  # never a training batch
+    assert not torch.equal(train[0], train[1])  # fresh tokens every step
+    assert df.eval_accuracy.notna().all() and df.attrs["final_eval_exact"] == df.eval_exact.iloc[-1]
+
+
+def test_fixed_batch_is_scored_on_the_batch_it_memorises(monkeypatch):
+    seen = _record_gps_inputs(monkeypatch)
+    run_permutation_learning(steps=2, **TINY)
+    assert len(seen["eval"]) == 1 and all(torch.equal(seen["eval"][0], x) for x in seen["train"])
 
 
 def test_sort_targets_sort_the_hidden_scalar_and_fixed_perm_targets_are_shared():
@@ -77,10 +115,11 @@ def test_loss_is_minimal_at_the_target_and_terms_switch_off():
     target = order_to_perm_matrix(order)
     assert float(permutation_loss(target, target)) == pytest.approx(0.0, abs=1e-6)
     uniform = torch.full((1, 3, 3), 1 / 3)
-    assert float(permutation_loss(uniform, target, ce_weight=0, entropy_weight=0)) == pytest.approx(
-        float(((uniform - target) ** 2).mean()), rel=1e-6
-    )
-    assert float(permutation_loss(uniform, target, 0, 1, 0)) == pytest.approx(math.log(3), rel=1e-6)
+    # per row (2/3)^2 + 2 (1/3)^2 = 2/3, over 3 entries: 2/9
+    assert float(permutation_loss(uniform, target, ce_weight=0, entropy_weight=0)) == pytest.approx(2 / 9, rel=1e-6)
+    assert float(permutation_loss(uniform, target, 0, 1, 0)) == pytest.approx(math.log(3), rel=1e-6)  # CE only
+    assert float(permutation_loss(uniform, target, 0, 0, 1)) == pytest.approx(math.log(3), rel=1e-6)  # entropy only
+    assert float(permutation_loss(uniform, target)) == pytest.approx(2 / 9 + 1.01 * math.log(3), rel=1e-6)
     assert permutation_accuracy(target, order) == (1.0, 1.0, 1.0)
 
 

@@ -4,16 +4,13 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from conftest import PLAIN_INPUTS, strip
 from gpslib.positions import concentric_rings, leading_block, position_ids
-
-
-def _strip(batch, keys=("input_ids", "attention_mask", "pixel_values", "labels")):
-    return {k: v for k, v in batch.items() if k in keys}
 
 
 def _oracle_inputs(model, train_batch):
     """The oracle-reordered training batch: (the batch, ReorderedInputs)."""
-    batch = _strip(train_batch, ("input_ids", "attention_mask", "pixel_values", "labels", "reorder_assignment"))
+    batch = strip(train_batch)
     return batch, model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"],
                                        batch["labels"], batch["reorder_assignment"])
 
@@ -70,7 +67,7 @@ def test_bad_values_raise_value_error_naming_them(kwargs, match):
 @torch.no_grad()
 def test_no_gap_sequential_positions_give_transformers_default_logits_bit_for_bit(reordering_model, train_batch):
     model = reordering_model("cosine", threshold=0.0)
-    batch = _strip(train_batch)
+    batch = strip(train_batch, PLAIN_INPUTS)
     r = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
     default = LlavaForConditionalGeneration.forward(model, inputs_embeds=r.inputs_embeds, attention_mask=r.attention_mask)
     assert torch.equal(model(**batch).logits, default.logits)
@@ -90,7 +87,7 @@ def test_adding_a_constant_to_every_position_leaves_the_logits_unchanged(reorder
 @torch.no_grad()
 def test_a_gap_equals_plain_llava_with_the_equivalent_explicit_positions(plain, reordering_model, train_batch):
     gap = 300
-    batch = _strip(train_batch)
+    batch = strip(train_batch, PLAIN_INPUTS)
     image = batch["input_ids"] == plain.config.image_token_id
     after_image = image.long().cumsum(1).bool() & ~image  # from the first token after the image on
     explicit = torch.arange(batch["input_ids"].shape[1]).expand_as(image) + gap * after_image

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gpslib.processor import (
@@ -43,10 +44,14 @@ def test_prompt_starts_with_bos_and_image_is_one_token(tok):
 
 def test_image_processor_gives_normalised_square_pixels():
     proc = build_image_processor(32)
-    img = Image.fromarray(np.full((48, 40, 3), 255, np.uint8))
-    pv = proc(images=[img], return_tensors="pt").pixel_values
-    assert tuple(pv.shape) == (1, 3, 32, 32)
-    assert float(pv.max()) > 1.5  # white after CLIP normalisation
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073])  # OpenAI CLIP's, per channel
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711])
+    for value in (255, 0):
+        img = Image.fromarray(np.full((48, 40, 3), value, np.uint8))  # not square: resized and cropped
+        pv = proc(images=[img], return_tensors="pt").pixel_values
+        assert tuple(pv.shape) == (1, 3, 32, 32)
+        expected = ((value / 255 - mean) / std)[None, :, None, None].expand(1, 3, 32, 32)
+        torch.testing.assert_close(pv, expected, atol=1e-5, rtol=0)
 
 
 def test_processor_expands_image_placeholder_to_patch_count(tok):

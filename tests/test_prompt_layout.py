@@ -96,5 +96,14 @@ def test_bad_prompts_raise_value_errors_naming_the_sample(ids, mask, labels, mat
 
 
 def test_the_layout_runs_on_the_device_of_the_ids():
-    layout = prompt_layout(IDS, MASK, IMG, BOS, SEP)
-    assert all(t.device == IDS.device for t in (layout.image_pos, layout.text_pos, layout.slot_pos, layout.n_text))
+    # with "meta" as the default device, any tensor made without device= lands off the ids' device
+    # (on a CPU-only machine that is the only way a missing device= shows)
+    reference = prompt_layout(IDS, MASK, IMG, BOS, SEP)
+    local = grouped_order(torch.tensor([[-1, 1], [4, -1]]), 5, "before")
+    with torch.device("meta"):
+        layout = prompt_layout(IDS, MASK, IMG, BOS, SEP)
+        order = layout.sequence_order(local)
+        masks = (layout.text_mask, layout.slot_mask)
+    tensors = (layout.image_pos, layout.text_pos, layout.slot_pos, layout.n_text, order, *masks)
+    assert all(t.device == IDS.device for t in tensors)
+    assert torch.equal(layout.slot_pos, reference.slot_pos) and torch.equal(order, reference.sequence_order(local))

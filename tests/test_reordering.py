@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration, pipeline
 
-from conftest import N_ROWS
+from conftest import N_ROWS, PLAIN_INPUTS, strip
 from gpslib.chat_format import assistant_separator_ids, format_prompt
 from gpslib.data import VQACollator
 from gpslib.model import build_model, build_processor, load_model
@@ -12,10 +12,6 @@ from gpslib.reordering import ReorderingLlavaForConditionalGeneration
 from gpslib.reordering_config import ReorderingLlavaConfig
 
 STRATEGIES = ["none", "cosine", "oracle", "gps", "random"]
-
-
-def _strip(batch, keys=("input_ids", "attention_mask", "pixel_values", "labels", "reorder_assignment")):
-    return {k: v for k, v in batch.items() if k in keys}
 
 
 def _sample(batch, i):
@@ -36,10 +32,10 @@ def _new_position(order_row):
 # ---------------------------------------------------------------------------- plain LLaVA and the seam
 @torch.no_grad()
 def test_none_matches_plain_llava(plain, reordering_model, train_batch, gen_batch):
-    batch = _strip(train_batch, ("input_ids", "attention_mask", "pixel_values", "labels"))
+    batch = strip(train_batch, PLAIN_INPUTS)
     ref, ours = plain(**batch), reordering_model("none")(**batch)
     assert torch.equal(ref.logits, ours.logits) and torch.equal(ref.loss, ours.loss)
-    gen = _strip(gen_batch, ("input_ids", "attention_mask", "pixel_values"))
+    gen = strip(gen_batch, PLAIN_INPUTS)
     assert torch.equal(plain.generate(**gen, max_new_tokens=4, do_sample=False),
                        reordering_model("none").generate(**gen, max_new_tokens=4, do_sample=False))
 
@@ -80,7 +76,7 @@ def test_batched_results_equal_per_sample_results(reordering_model, train_batch,
     model = reordering_model(reorder, threshold=0.0, gps={"noise_scale": 0.0, "sinkhorn_iters": 20})
     if reorder == "gps":
         model.train()
-    batch = _strip(train_batch)
+    batch = strip(train_batch)
     out = model(**batch)
     for i in range(N_ROWS):
         logits = model(**_sample(batch, i)).logits[0]
@@ -91,7 +87,7 @@ def test_batched_results_equal_per_sample_results(reordering_model, train_batch,
 @torch.no_grad()
 def test_answer_tokens_padding_and_labels_stay_in_place(reordering_model, train_batch):
     model = reordering_model("cosine", threshold=0.0)
-    batch = _strip(train_batch)
+    batch = strip(train_batch)
     r = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
     fixed = (batch["labels"] != -100) | (batch["attention_mask"] == 0)
     positions = torch.arange(batch["input_ids"].shape[1]).expand_as(r.order)
@@ -114,7 +110,7 @@ def test_images_that_do_not_match_the_placeholders_raise_a_clear_error(reorderin
 @torch.no_grad()
 def test_oracle_puts_each_objects_patches_right_before_its_word(reordering_model, gen_batch):
     model = reordering_model("oracle")
-    batch = _strip(gen_batch)
+    batch = strip(gen_batch)
     r = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], None,
                              batch["reorder_assignment"])
     for b in range(N_ROWS):
@@ -146,14 +142,14 @@ def test_random_moves_as_many_image_tokens_as_cosine_but_not_the_same_ones(reord
 
 def test_oracle_without_assignment_raises(reordering_model, gen_batch):
     with pytest.raises(ValueError, match="reorder_assignment"):
-        reordering_model("oracle")(**_strip(gen_batch, ("input_ids", "attention_mask", "pixel_values")))
+        reordering_model("oracle")(**strip(gen_batch, PLAIN_INPUTS))
 
 
 def test_validation_loss_of_a_reordering_model_is_its_training_loss(reordering_model, train_batch):
     from gpslib.metrics import validation_loss
 
     model = reordering_model("cosine", threshold=0.0)
-    batch = _strip(train_batch)
+    batch = strip(train_batch)
     with torch.no_grad():
         assert validation_loss(model, [batch]) == pytest.approx(float(model(**batch).loss), rel=1e-6)
 
@@ -163,7 +159,7 @@ def test_gps_gradients_reach_the_projector_and_every_sinkformer_parameter(reorde
     model = reordering_model("gps", gps={"num_layers": 2, "sinkhorn_iters": 10}).train()
     model.gps_hard = True
     torch.manual_seed(0)
-    model(**_strip(train_batch)).loss.backward()
+    model(**strip(train_batch)).loss.backward()
     assert model.model.multi_modal_projector.linear_1.weight.grad.abs().sum() > 0
     for name, p in model.reorder_gps.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
@@ -172,7 +168,7 @@ def test_gps_gradients_reach_the_projector_and_every_sinkformer_parameter(reorde
 @torch.no_grad()
 def test_gps_inference_is_a_deterministic_permutation(reordering_model, gen_batch):
     model = reordering_model("gps", gps={"num_layers": 2, "sinkhorn_iters": 20})
-    batch = _strip(gen_batch)
+    batch = strip(gen_batch)
     a = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"])
     b = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"])
     assert torch.equal(a.order, b.order) and torch.equal(a.inputs_embeds, b.inputs_embeds)
@@ -181,13 +177,25 @@ def test_gps_inference_is_a_deterministic_permutation(reordering_model, gen_batc
 
 
 @torch.no_grad()
-def test_gps_reorders_a_prompt_with_no_question_words(reordering_model, processor, gen_batch):
-    model = reordering_model("gps", gps={"num_layers": 2, "sinkhorn_iters": 10})
+def test_gps_orders_a_prompt_whose_only_text_is_the_separator_and_generates_from_that_order(
+        reordering_model, processor, gen_batch):
+    # alpha < 0 keeps the Hungarian permutation off the identity, so the order really moves tokens
+    model = reordering_model("gps", gps={"num_layers": 2, "sinkhorn_iters": 10, "alpha": -5.0})
     m = model.config.image_seq_length
     separator = model.config.assistant_separator_ids
     ids = torch.tensor([[processor.tokenizer.bos_token_id] + [model.config.image_token_id] * m + separator])
-    out = model.generate(input_ids=ids, pixel_values=gen_batch["pixel_values"][:1], max_new_tokens=3, do_sample=False)
-    assert out.shape == (1, ids.shape[1] + 3)
+    pixels = gen_batch["pixel_values"][:1]
+    r = model.reorder_inputs(ids, pixels)
+    assert r.layout.n_text.tolist() == [len(separator)]  # no question words: the separator is all the text
+    assert r.order[0, 0] == 0 and sorted(r.order[0].tolist()) == list(range(ids.shape[1]))  # BOS first
+    assert not torch.equal(r.order[0], torch.arange(ids.shape[1]))
+    out = model.generate(input_ids=ids, pixel_values=pixels, max_new_tokens=3, do_sample=False,
+                         return_dict_in_generate=True, output_scores=True)
+    assert torch.equal(out.sequences[:, : ids.shape[1]], ids)
+    # the first step scores the reordered prompt
+    logits = LlavaForConditionalGeneration.forward(model, inputs_embeds=r.inputs_embeds,
+                                                   position_ids=r.position_ids).logits
+    torch.testing.assert_close(out.scores[0][0], logits[0, -1], atol=1e-5, rtol=0)
 
 
 def test_switching_strategy_after_construction_is_checked(reordering_model, train_batch):
@@ -196,7 +204,7 @@ def test_switching_strategy_after_construction_is_checked(reordering_model, trai
         model.config.reorder = "shuffle"
     model.config.reorder = "gps"
     with pytest.raises(ValueError, match="without a Sinkformer"):
-        model(**_strip(train_batch))
+        model(**strip(train_batch))
 
 
 # ---------------------------------------------------------------------------- generate: transformers' conventions
@@ -204,11 +212,11 @@ def test_switching_strategy_after_construction_is_checked(reordering_model, trai
 @torch.no_grad()
 def test_generate_returns_the_prompt_then_the_new_tokens_like_plain_llava(plain, reordering_model, gen_batch, reorder):
     model = reordering_model(reorder, threshold=0.0)
-    batch = _strip(gen_batch)
+    batch = strip(gen_batch)
     out = model.generate(**batch, max_new_tokens=5, do_sample=False)
     t = batch["input_ids"].shape[1]
     assert out.shape == (N_ROWS, t + 5) and torch.equal(out[:, :t], batch["input_ids"])
-    ref = plain.generate(**_strip(gen_batch, ("input_ids", "attention_mask", "pixel_values")), max_new_tokens=5,
+    ref = plain.generate(**strip(gen_batch, PLAIN_INPUTS), max_new_tokens=5,
                          do_sample=False)
     assert ref.shape == out.shape and torch.equal(ref[:, :t], out[:, :t])
 
@@ -217,10 +225,13 @@ def test_generate_returns_the_prompt_then_the_new_tokens_like_plain_llava(plain,
 @torch.no_grad()
 def test_generate_options_work_for_every_strategy(reordering_model, gen_batch, reorder):
     model = reordering_model(reorder, threshold=0.0)
-    batch = _strip(gen_batch)
+    batch = strip(gen_batch)
     t = batch["input_ids"].shape[1]
     out = model.generate(**batch, max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_scores=True)
     assert out.sequences.shape == (N_ROWS, t + 3) and len(out.scores) == 3
+    greedy = torch.stack([step.argmax(-1) for step in out.scores], dim=1)  # (B, 3): what the scores pick
+    assert torch.equal(out.sequences[:, t:], greedy)
+    assert torch.equal(out.sequences, model.generate(**batch, max_new_tokens=3, do_sample=False))
     torch.manual_seed(0)
     sampled = model.generate(**batch, max_new_tokens=3, do_sample=True, top_k=5)
     assert sampled.shape == (N_ROWS, t + 3)
@@ -233,7 +244,7 @@ def test_generate_options_work_for_every_strategy(reordering_model, gen_batch, r
 @torch.no_grad()
 def test_left_padded_generation_equals_per_sample_generation(reordering_model, gen_batch, reorder):
     model = reordering_model(reorder, threshold=0.0, position_gap=7)
-    batch = _strip(gen_batch)
+    batch = strip(gen_batch)
     t = batch["input_ids"].shape[1]
     new = model.generate(**batch, max_new_tokens=6, do_sample=False)[:, t:]
     for i in range(N_ROWS):
@@ -248,7 +259,7 @@ def test_left_padded_generation_equals_per_sample_generation(reordering_model, g
 @torch.no_grad()
 def test_generate_equals_a_step_by_step_greedy_decode_of_forward(reordering_model, gen_batch, settings):
     model = reordering_model(**settings)
-    sample = _sample(_strip(gen_batch), 1)
+    sample = _sample(strip(gen_batch), 1)
     t = sample["input_ids"].shape[1]
     new = model.generate(**sample, max_new_tokens=5, do_sample=False, eos_token_id=None)[0, t:]
     r = model.reorder_inputs(sample["input_ids"], sample["pixel_values"], sample["attention_mask"], None,
@@ -265,19 +276,25 @@ def test_generate_equals_a_step_by_step_greedy_decode_of_forward(reordering_mode
     assert new.tolist() == greedy
 
 
-def test_the_image_text_to_text_pipeline_runs_with_the_class(reordering_model, processor, rows):
+def test_the_image_text_to_text_pipeline_answers_what_the_models_generate_answers(
+        reordering_model, processor, rows):
     model = reordering_model("cosine", threshold=0.0)
+    image, prompt = rows[0]["images"][0], format_prompt("What colour is the circle?")
     pipe = pipeline("image-text-to-text", model=model, processor=processor)
-    out = pipe(images=rows[0]["images"][0], text=format_prompt("What colour is the circle?"),
-               generate_kwargs={"max_new_tokens": 4, "do_sample": False}, return_full_text=False)
-    assert isinstance(out[0]["generated_text"], str)
+    out = pipe(images=image, text=prompt, generate_kwargs={"max_new_tokens": 4, "do_sample": False},
+               return_full_text=False)
+    enc = processor(images=[image], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        new = model.generate(**enc, max_new_tokens=4, do_sample=False)[0, enc["input_ids"].shape[1]:]
+    expected = processor.tokenizer.decode(new, skip_special_tokens=True)
+    assert expected.strip() and out[0]["generated_text"] == expected
 
 
 # ---------------------------------------------------------------------------- the end of the prompt
 @torch.no_grad()
 def test_trl_style_labels_reorder_exactly_like_gpslib_collator_labels(reordering_model, train_batch):
     model = reordering_model("cosine", threshold=0.0)
-    batch = _strip(train_batch)
+    batch = strip(train_batch)
     image = batch["input_ids"] == model.config.image_token_id
     trl = batch["input_ids"].masked_fill((batch["attention_mask"] == 0) | image, -100)  # as TRL's collators label
     ours = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
@@ -292,7 +309,7 @@ def test_labels_that_cover_image_tokens_raise_value_error(reordering_model, trai
     model = reordering_model("cosine")
     labels = train_batch["input_ids"].masked_fill(train_batch["attention_mask"] == 0, -100)
     with pytest.raises(ValueError, match="cover image tokens"):
-        model(**dict(_strip(train_batch), labels=labels))
+        model(**dict(strip(train_batch), labels=labels))
 
 
 def test_prompts_without_image_or_separator_raise_value_errors(reordering_model, processor, gen_batch):

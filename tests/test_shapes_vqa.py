@@ -21,7 +21,8 @@ from gpslib.shapes_vqa import (
 
 
 @pytest.fixture(scope="module")
-def rows():
+def rows_64px():
+    """120 rows at 64 px (not conftest's 4 rows at 32 px)."""
     return [make_sample(i, seed=3, image_size=64) for i in range(120)]
 
 
@@ -83,15 +84,15 @@ def test_large_dataset_is_cheap_to_create():
     assert time.perf_counter() - start < 5.0
 
 
-def test_every_question_type_occurs_and_can_be_restricted(rows):
-    assert {r["question_type"] for r in rows} == set(QUESTION_TYPES)
+def test_every_question_type_occurs_and_can_be_restricted(rows_64px):
+    assert {r["question_type"] for r in rows_64px} == set(QUESTION_TYPES)
     ds = shapes_vqa(20, seed=0, question_types=("count", "relation"))
     assert {ds[i]["question_type"] for i in range(20)} <= {"count", "relation"}
 
 
-def test_mentions_point_at_their_words_and_objects(rows):
+def test_mentions_point_at_their_words_and_objects(rows_64px):
     n_mentions = 0
-    for r in rows:
+    for r in rows_64px:
         q = r["messages"][0]["content"][1]["text"]
         for m in r["mentions"]:
             n_mentions += 1
@@ -101,9 +102,9 @@ def test_mentions_point_at_their_words_and_objects(rows):
     assert n_mentions > 50
 
 
-def test_patches_listed_for_an_object_contain_its_pixels(rows):
+def test_patches_listed_for_an_object_contain_its_pixels(rows_64px):
     image_size, patch = 64, 8
-    for r in rows[:30]:
+    for r in rows_64px[:30]:
         for o in r["objects"]:
             # draw the object alone without noise: its pixels are the non-background ones
             img = np.asarray(draw_scene([o], image_size, noise=0.0, rng=np.random.default_rng(0)))
@@ -118,8 +119,8 @@ def test_patches_listed_for_an_object_contain_its_pixels(rows):
             assert len(listed) <= len(touched) + 2 * (image_size // patch)  # no far-away patches
 
 
-def test_object_pixels_keep_their_exact_colour(rows):
-    r = rows[0]
+def test_object_pixels_keep_their_exact_colour(rows_64px):
+    r = rows_64px[0]
     img = np.asarray(r["images"][0])
     for o in r["objects"]:
         x0, y0, x1, y1 = o["box"]
@@ -136,8 +137,8 @@ def test_object_patches_rejects_a_grid_that_does_not_divide_the_image():
     assert object_patches([33, 1, 40, 8], 64, 32) == [1]
 
 
-def test_reference_answers_score_correct_and_swapped_values_do_not(rows):
-    for r in rows:
+def test_reference_answers_score_correct_and_swapped_values_do_not(rows_64px):
+    for r in rows_64px:
         if r["question_type"] == "describe":
             continue
         answer = r["messages"][1]["content"][0]["text"]

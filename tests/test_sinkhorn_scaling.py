@@ -4,17 +4,14 @@ import pytest
 import torch
 
 import gpslib.sinkhorn as sk
+from conftest import scores as _scores
 from gpslib.comparison_only import sinkhorn_matrix_logsumexp
 from gpslib.sinkhorn import sinkhorn
+
 
 @pytest.fixture(autouse=True)
 def scaling_path(monkeypatch):
     monkeypatch.setattr(sk._Stabilised, "MIN_ELEMENTS", 0)  # small test inputs take the scaling path too
-
-
-def _scores(*shape, seed=0, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=dtype)
 
 
 def test_small_inputs_take_the_matrix_loop_and_large_ones_the_scaling_form(monkeypatch):
