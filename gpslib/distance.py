@@ -36,6 +36,7 @@ from tqdm import tqdm
 from gpslib.data import VQACollator
 from gpslib.generation import unwrap_model
 from gpslib.intervals import bootstrap_ci, paired_bootstrap_difference
+from gpslib.reordering_config import LAYOUTS
 from gpslib.shapes_vqa import CHANCE, answer_correct
 
 __all__ = [
@@ -51,14 +52,7 @@ __all__ = [
 ]
 
 # condition -> the ReorderingLlavaConfig fields it sets (the gap is set per run)
-CONDITIONS: dict[str, dict[str, str]] = {
-    "none": {"reorder": "none", "position_scheme": "sequential"},
-    "oracle": {"reorder": "oracle", "position_scheme": "sequential"},
-    "cosine": {"reorder": "cosine", "position_scheme": "sequential"},
-    "random": {"reorder": "random", "position_scheme": "sequential"},
-    "v2pe": {"reorder": "none", "position_scheme": "v2pe"},
-    "cca": {"reorder": "none", "position_scheme": "cca"},
-}
+CONDITIONS: dict[str, dict[str, str]] = LAYOUTS
 PREDICTION = ("If RoPE distance hurts, the original order (none) loses accuracy as the gap g grows, "
               "while the oracle order, which puts each object's patches next to its word, stays flat.")
 

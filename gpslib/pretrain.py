@@ -1,34 +1,37 @@
-"""Pretraining the embedded base model: a tiny LLaVA trained from scratch on ShapesVQA.
+"""Pretraining the embedded base models: a tiny LLaVA trained from scratch on ShapesVQA (the CPU runs' TinyLLaVA).
 
-:func:`pretrain` trains every parameter of :func:`gpslib.model.build_model`
-(vision tower, projector and LLaMA) on a fresh ShapesVQA training batch each
-step (rows ``step * batch_size ...`` of the train split, so no sample is
-seen twice), with AdamW, linear warmup and a cosine decay to 10% of ``lr``,
-and gradient-norm clipping. The vision tower and projector learn at
-``vision_lr_scale * lr``: at the full rate, Adam drives their outputs to a
-large image-independent vector within a few hundred steps, the language model
-learns to ignore the image tokens and answers from the question alone
-(measured with :func:`image_reliance`). The loss is the language-modelling loss on the
-answer tokens (:class:`gpslib.data.VQACollator`).
+No machine here reaches a model hub, so the ``smoke`` and ``cpu`` profiles train their own
+base model: :func:`gpslib.model.build_model` (the real TinyLLaVA architecture at toy size),
+every parameter, on fresh ShapesVQA training rows, through transformers' ``Trainer`` (the
+same stack as fine-tuning: checkpoints, resume, logging, several processes). AdamW with
+linear warmup and a cosine decay to 10% of ``lr``; gradient-norm clipping; the vision tower
+and projector learn at ``vision_lr_scale * lr``. The loss is the language-modelling loss on
+the answer tokens (:class:`gpslib.data.VQACollator`).
 
-The result is saved with ``save_pretrained`` (model and processor) plus
-``history.csv`` (step, loss, lr, elapsed seconds) and ``train_info.json``
-into :func:`embedded_cache_dir`, whose name hashes the model config, the
-training settings and the code that trains it (:func:`gpslib.provenance.code_fingerprint`). Saving is atomic: everything is written
-into a temporary sibling folder that is renamed into place. With
-``checkpoint_every`` a partial run leaves ``<dir>.partial/checkpoint.pt``
-and the next call with the same settings resumes from it.
+Two base models per profile (:data:`BASE_MODELS`, settings in ``gpslib.run_profiles``):
 
-:func:`ensure_base_model` is what notebooks call: the cached model of a
-profile, trained on first use (the ``paper`` profile loads the hub model).
+* ``"image_first"``: trained in the original order only (image tokens before the question),
+  as TinyLLaVA was; the base of the paper's protocol (LoRA then sees the reordered order
+  for the first time);
+* ``"mixed"``: the image-first model trained further on every layout the notebooks evaluate
+  (:data:`gpslib.reordering_config.LAYOUTS`: none, oracle, cosine, random, V2PE, CCA) and on
+  position gaps drawn from [0, ``max_gap``] (:func:`layout_for_step`), so that no distance or
+  layout it is tested on is new to it (issue 11's confound-free arm).
 
-CLI: ``python -m gpslib.pretrain --profile cpu --seed 0 [--force]``.
+A model is saved as a plain ``LlavaForConditionalGeneration`` (model, processor,
+``history.csv``, ``train_info.json``) into :func:`embedded_cache_dir`, whose name hashes the
+model size, the training settings, the code that trains it
+(:func:`gpslib.provenance.code_fingerprint`) and the torch thread count; the folder appears
+atomically. An interrupted run resumes from its newest complete checkpoint in
+``<dir>.partial/``. :func:`ensure_base_model` is what notebooks call.
+
+CLI: ``python -m gpslib.pretrain --profile cpu --base image_first [--seed 0] [--force]``.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import json
 import math
 import os
@@ -38,60 +41,101 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from transformers import LlavaForConditionalGeneration, PrinterCallback, TrainerCallback, TrainingArguments
 
 from gpslib.atomic_files import replace_directory
+from gpslib.checkpoints import ResumableTrainer, latest_complete_checkpoint
 from gpslib.data import VQACollator
-from gpslib.model import MODEL_SIZES, build_model, build_processor, load_model
+from gpslib.generation import unwrap_model
+from gpslib.model import MODEL_SIZES, build_model, build_processor, load_model, tiny_llava_config
 from gpslib.provenance import code_fingerprint, settings_hash
+from gpslib.reordering_config import LAYOUTS
 from gpslib.run_profiles import check_profile, profile_settings
 from gpslib.runtime import setup
 from gpslib.shapes_vqa import shapes_vqa
 
-__all__ = ["pretrain", "embedded_cache_dir", "base_model_dir", "ensure_base_model", "train_settings", "main"]
+__all__ = ["BASE_MODELS", "PretrainConfig", "layout_for_step", "pretrain", "embedded_cache_dir", "train_settings",
+           "base_model_dir", "ensure_base_model", "main"]
 
-_TRAIN_KEYS = ("size", "steps", "batch_size", "lr", "warmup", "weight_decay", "grad_clip", "vision_lr_scale")
-_INFO, _HISTORY, _CKPT = "train_info.json", "history.csv", "checkpoint.pt"
-
-
-def _positive(name: str, value: Any, integer: bool = True) -> None:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if not ok or isinstance(value, bool) or not value > 0:
-        kind = "int" if integer else "number"
-        raise ValueError(f"{name} must be a positive {kind}; got {name}={value!r}")
+BASE_MODELS = ("image_first", "mixed")
+_INFO, _HISTORY = "train_info.json", "history.csv"
 
 
-def train_settings(profile: str) -> dict[str, Any]:
-    """The training keyword arguments of :func:`pretrain` in ``profile`` (its ``"pretrain"`` block without ``eval_*``).
+@dataclasses.dataclass
+class PretrainConfig:
+    """The training settings of one base model (they key its cache entry)."""
 
-    Missing training keys get :func:`pretrain`'s defaults, so the cache key is
-    the same whether a run starts from the profile or from a call.
+    size: str = "embedded"  # a key of gpslib.model.MODEL_SIZES
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 100  # linear warmup steps, then cosine to 10% of lr
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    vision_lr_scale: float = 0.1  # the vision tower and projector learn at this fraction of lr
+    layouts: str = "image_first"  # "image_first" or "mixed" (every layout and gap, see layout_for_step)
+    max_gap: int = 0  # G: position gaps drawn from [0, G] ("mixed")
+    init: str | None = None  # None: from scratch; "image_first": continue the image-first model of the profile
+    dataloader_workers: int = 0  # processes drawing the images beside the training process
+
+    def validate(self) -> "PretrainConfig":
+        """Raise ValueError naming the first bad setting; returns self."""
+        if self.size not in MODEL_SIZES:
+            raise ValueError(f"unknown model size {self.size!r}; valid sizes are {list(MODEL_SIZES)}")
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {name}={value!r}")
+        for name in ("lr", "grad_clip", "vision_lr_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                raise ValueError(f"{name} must be a positive number; got {name}={value!r}")
+        if not isinstance(self.warmup, int) or not 0 <= self.warmup <= self.steps:
+            raise ValueError(f"warmup must be an int in [0, steps={self.steps}]; got warmup={self.warmup!r}")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0; got weight_decay={self.weight_decay!r}")
+        if self.layouts not in BASE_MODELS:
+            raise ValueError(f"layouts must be one of {BASE_MODELS}; got layouts={self.layouts!r}")
+        if not isinstance(self.max_gap, int) or self.max_gap < 0:
+            raise ValueError(f"max_gap must be an int >= 0; got max_gap={self.max_gap!r}")
+        if self.init not in (None, "image_first"):
+            raise ValueError(f"init must be None or 'image_first'; got init={self.init!r}")
+        if not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0:
+            raise ValueError(f"dataloader_workers must be an int >= 0; got {self.dataloader_workers!r}")
+        return self
+
+
+def layout_for_step(step: int, seed: int, max_gap: int) -> dict[str, Any]:
+    """The layout of the mixed model's training step ``step``: config fields of the model.
+
+    One of :data:`gpslib.reordering_config.LAYOUTS`, uniformly, and a gap: 0 with probability
+    1/4, else log-uniform on [1, ``max_gap``] (every scale the notebooks test, 16 to 1024, is
+    seen about as often). Drawn from a generator seeded with ``(seed, step)``, so a resumed
+    run draws what an uninterrupted one does.
     """
-    settings = {k: v for k, v in profile_settings("pretrain", profile).items() if not k.startswith("eval_")}
-    if "model" in settings:
-        return settings
-    defaults = inspect.signature(_PRETRAIN).parameters
-    return {k: settings.get(k, defaults[k].default) for k in _TRAIN_KEYS} | settings
+    rng = np.random.default_rng([seed, step, 20_24])
+    name = list(LAYOUTS)[int(rng.integers(len(LAYOUTS)))]
+    gap = 0 if max_gap == 0 or rng.random() < 0.25 else int(round(math.exp(rng.uniform(0.0, math.log(max_gap)))))
+    return {**LAYOUTS[name], "position_gap": gap, "layout": name}
 
 
 def embedded_cache_dir(seed: int, settings: dict[str, Any], root: str | os.PathLike | None = None) -> Path:
-    """Where a pretrained base model lives: ``$GPSLIB_CACHE/<size>-<hash>-seed<seed>``.
+    """Where a pretrained base model lives: ``$GPSLIB_CACHE/<size>-<layouts>-<hash>-seed<seed>``.
 
     ``root`` defaults to the ``GPSLIB_CACHE`` environment variable, else ``~/.cache/gpslib``.
-    ``settings``: the training settings of :func:`pretrain` (keys starting with ``eval_`` are
-    ignored). The hash covers the size's entry of :data:`gpslib.model.MODEL_SIZES`, those
-    settings and the code that trains the model (this module and every gpslib module it
-    uses), so a changed architecture, recipe or code never reuses a stale model, and the
-    smoke model never shadows the cpu one.
+    ``settings``: :class:`PretrainConfig` fields (keys starting with ``eval_`` are ignored).
+    The hash covers the size's entry of :data:`gpslib.model.MODEL_SIZES`, the settings, the
+    code that trains the model (this module and every gpslib module it uses), the torch
+    thread count (results depend on it) and, for a continued model, its initial model's key.
     """
-    train = {k: v for k, v in sorted(settings.items()) if not k.startswith("eval_")}
-    size = train.get("size", "embedded")
-    if size not in MODEL_SIZES:
-        raise ValueError(f"unknown model size {size!r}; valid sizes are {list(MODEL_SIZES)}")
+    config = PretrainConfig(**{k: v for k, v in settings.items() if not k.startswith("eval_")}).validate()
     root = Path(root or os.environ.get("GPSLIB_CACHE") or Path.home() / ".cache" / "gpslib").expanduser()
-    digest = settings_hash({"spec": MODEL_SIZES[size], "train": train, "code": code_fingerprint("gpslib.pretrain")})[:10]
-    return root / f"{size}-{digest}-seed{seed}"
+    key = {"spec": MODEL_SIZES[config.size], "train": dataclasses.asdict(config),
+           "code": code_fingerprint("gpslib.pretrain"), "threads": torch.get_num_threads()}
+    return root / f"{config.size}-{config.layouts}-{settings_hash(key)[:10]}-seed{seed}"
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -101,97 +145,96 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _rows(ds, start: int, stop: int) -> list[dict[str, Any]]:
-    cols = ds[start:stop]
-    return [dict(zip(cols, values)) for values in zip(*cols.values())]
+class _Schedule(TrainerCallback):
+    """The mixed layouts (set on the model before each step), timings, and a few progress lines."""
+
+    def __init__(self, config: PretrainConfig, seed: int, progress: bool):
+        self.config, self.seed, self.progress = config, seed, progress
+        self.layouts: dict[int, dict[str, Any]] = {}
+        self.seconds: dict[int, float] = {}
+        self.start = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if self.config.layouts == "mixed":
+            layout = layout_for_step(state.global_step, self.seed, self.config.max_gap)
+            inner = unwrap_model(model)
+            for key in ("reorder", "position_scheme", "position_gap"):
+                setattr(inner.config, key, layout[key])
+            self.layouts[state.global_step + 1] = layout
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.seconds[state.global_step] = time.perf_counter() - self.start
+        every = max(1, state.max_steps // 10)
+        if self.progress and (state.global_step % every == 0 or state.global_step == state.max_steps):
+            losses = [e["loss"] for e in state.log_history[-every:] if "loss" in e]
+            loss = f", loss {sum(losses) / len(losses):.4f}" if losses else ""
+            print(f"pretrain {self.config.size} ({self.config.layouts}): step {state.global_step}/{state.max_steps}"
+                  f"{loss}, {self.seconds[state.global_step]:.0f} s", flush=True)
 
 
-def pretrain(size: str = "embedded", seed: int = 0, steps: int = 1200, batch_size: int = 32, lr: float = 2e-3,
-             warmup: int = 60, weight_decay: float = 0.01, grad_clip: float = 1.0, vision_lr_scale: float = 0.1,
-             cache_dir=None,
-             save: bool = True, checkpoint_every: int = 200, progress: bool = True):
-    """Train the tiny LLaVA of ``size`` from scratch on ShapesVQA; returns ``(model, processor, history)``.
+def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, cache_dir=None, save: bool = True,
+             checkpoint_every: int = 200, progress: bool = True):
+    """Train one base model; returns ``(model, processor, history)``.
 
-    ``history`` is a DataFrame with one row per step: ``step``, ``loss``,
-    ``lr``, ``seconds`` (elapsed). The model comes back in eval mode. With
-    ``save``, everything goes to ``cache_dir`` (default:
-    :func:`embedded_cache_dir` of these settings). Threads: the caller's
-    ``torch.set_num_threads``. Raises ValueError naming a bad argument.
+    ``config``: :class:`PretrainConfig`; ``profile`` names where the initial model of a
+    continued run (``init="image_first"``) comes from (:func:`base_model_dir`). ``history``
+    has one row per step: step, loss, lr, seconds (and layout, gap for the mixed model).
+    The model comes back in eval mode as a plain ``LlavaForConditionalGeneration``. With
+    ``save`` it goes to ``cache_dir`` (default :func:`embedded_cache_dir`), with checkpoints
+    every ``checkpoint_every`` steps in ``<cache_dir>.partial`` for resuming. Threads: the
+    caller's ``torch.set_num_threads``.
     """
-    if size not in MODEL_SIZES:
-        raise ValueError(f"unknown model size {size!r}; valid sizes are {list(MODEL_SIZES)}")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        _positive(name, value)
-    for name, value in (("lr", lr), ("grad_clip", grad_clip), ("vision_lr_scale", vision_lr_scale)):
-        _positive(name, value, integer=False)
-    if not isinstance(warmup, int) or not 0 <= warmup <= steps:
-        raise ValueError(f"warmup must be an int in [0, steps={steps}]; got warmup={warmup!r}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0; got weight_decay={weight_decay!r}")
-    settings = dict(size=size, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                    weight_decay=weight_decay, grad_clip=grad_clip, vision_lr_scale=vision_lr_scale)
-    final = Path(cache_dir) if cache_dir is not None else embedded_cache_dir(seed, settings=settings)
+    config.validate()
+    final = Path(cache_dir) if cache_dir is not None else embedded_cache_dir(seed, dataclasses.asdict(config))
     partial = final.with_name(final.name + ".partial")
-
-    model, processor = build_model(size, seed=seed), build_processor(size)
-    collate = VQACollator(processor, "train")
-    data = shapes_vqa(steps * batch_size, seed=seed, split="train", image_size=MODEL_SIZES[size]["image_size"])
+    processor = build_processor(config.size)
+    if config.init is None:
+        model = build_model(config.size, seed=seed, reorder="none")
+    else:
+        if profile is None:
+            raise ValueError("a continued run (init='image_first') needs the profile its initial model comes from")
+        model, _ = load_model(base_model_dir(profile, seed, base="image_first", progress=progress), reorder="none")
+    size = MODEL_SIZES[config.size]
+    data = shapes_vqa(config.steps * config.batch_size, seed=seed + (1000 if config.init else 0), split="train",
+                      image_size=size["image_size"])
     vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
     seen = {id(p) for p in vision}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in seen], "lr": lr},
-              {"params": vision, "lr": lr * vision_lr_scale}]
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup))
-    history, start, spent = [], 0, 0.0
-    if save and checkpoint_every and (partial / _CKPT).exists():
-        ckpt = torch.load(partial / _CKPT, weights_only=False)
-        if ckpt["settings"] == settings and ckpt["seed"] == seed:
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            history, start, spent = ckpt["history"], ckpt["step"], ckpt["seconds"]
-
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=steps, initial=start, desc=f"pretrain {size}", file=sys.stderr)
+    groups = [{"params": [p for p in model.parameters() if id(p) not in seen], "lr": config.lr},
+              {"params": vision, "lr": config.lr * config.vision_lr_scale}]
+    opt = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, config.steps, config.warmup))
+    args = TrainingArguments(
+        output_dir=str(partial / "checkpoints"), max_steps=config.steps, per_device_train_batch_size=config.batch_size,
+        max_grad_norm=config.grad_clip, logging_strategy="steps", logging_steps=1, report_to="none",
+        save_strategy="steps" if save and checkpoint_every else "no", save_steps=checkpoint_every or config.steps,
+        save_total_limit=1, remove_unused_columns=False, label_names=["labels"], use_cpu=not torch.cuda.is_available(),
+        seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=config.dataloader_workers,
+    )
+    schedule = _Schedule(config, seed, progress)
+    trainer = ResumableTrainer(model=model, args=args, train_dataset=data, optimizers=(opt, sched), callbacks=[schedule],
+                      data_collator=VQACollator(processor, "train", grounding=config.layouts == "mixed"))
+    trainer.remove_callback(PrinterCallback)
+    resume = latest_complete_checkpoint(partial / "checkpoints") if save else None
     model.train()
-    t0 = time.perf_counter() - spent
-    for step in range(start, steps):
-        batch = collate(_rows(data, step * batch_size, (step + 1) * batch_size))
-        loss = model(**batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        current_lr = opt.param_groups[0]["lr"]
-        opt.step()
-        sched.step()
-        history.append({"step": step + 1, "loss": loss.item(), "lr": current_lr,
-                        "seconds": time.perf_counter() - t0})
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-        if save and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
-            partial.mkdir(parents=True, exist_ok=True)
-            torch.save({"settings": settings, "seed": seed, "step": step + 1, "seconds": history[-1]["seconds"],
-                        "history": history, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict()}, partial / f"{_CKPT}.tmp")
-            os.replace(partial / f"{_CKPT}.tmp", partial / _CKPT)
-    if bar is not None:
-        bar.close()
-    model.eval()
-    hist = pd.DataFrame(history, columns=["step", "loss", "lr", "seconds"])
+    trainer.train(resume_from_checkpoint=resume)
+    inner = unwrap_model(trainer.model)
+    plain = LlavaForConditionalGeneration(tiny_llava_config(config.size))
+    plain.load_state_dict({k: v for k, v in inner.state_dict().items() if not k.startswith("reorder_gps.")})
+    plain.generation_config.pad_token_id = plain.config.text_config.pad_token_id
+    plain.eval()
+    losses = {e["step"]: e for e in trainer.state.log_history if "loss" in e}
+    hist = pd.DataFrame([{"step": s, "loss": e["loss"], "lr": e.get("learning_rate", math.nan),
+                          "seconds": schedule.seconds.get(s, math.nan),
+                          **({"layout": schedule.layouts[s]["layout"], "gap": schedule.layouts[s]["position_gap"]}
+                             if s in schedule.layouts else {})} for s, e in sorted(losses.items())])
     if save:
-        info = dict(settings, seed=seed, seconds=float(hist["seconds"].iloc[-1]) if len(hist) else 0.0,
-                    seconds_per_step=float(hist["seconds"].iloc[-1] / len(hist)) if len(hist) else 0.0,
-                    parameters=sum(p.numel() for p in model.parameters()), torch_threads=torch.get_num_threads(),
-                    resumed_from_step=start, torch=torch.__version__)
-        _save(final, model, processor, hist, info)
+        seconds = float(hist["seconds"].max()) if len(hist) else 0.0
+        info = dict(dataclasses.asdict(config), seed=seed, seconds=seconds, seconds_per_step=seconds / max(1, len(hist)),
+                    parameters=sum(p.numel() for p in plain.parameters()), torch_threads=torch.get_num_threads(),
+                    resumed_from=None if resume is None else Path(resume).name, torch=torch.__version__)
+        _save(final, plain, processor, hist, info)
         shutil.rmtree(partial, ignore_errors=True)
-    return model, processor, hist
-
-
-_PRETRAIN = pretrain  # the signature train_settings reads defaults from
+    return plain, processor, hist
 
 
 def _save(final: Path, model, processor, hist: pd.DataFrame, info: dict[str, Any]) -> None:
@@ -206,52 +249,68 @@ def _save(final: Path, model, processor, hist: pd.DataFrame, info: dict[str, Any
     replace_directory(tmp, final)
 
 
-def base_model_dir(profile: str, seed: int = 0, force: bool = False, progress: bool = True) -> str:
-    """Where the base model of ``profile`` lives, training and caching it on first use.
+def train_settings(profile: str, base: str = "image_first") -> dict[str, Any]:
+    """The training settings of ``profile``'s base model ``base`` (``"image_first"`` or ``"mixed"``).
+
+    A dict of :class:`PretrainConfig` fields, or ``{"model": hub_id}`` for the ``paper``
+    profile (which trains nothing). Raises ValueError naming an unknown profile or base.
+    """
+    if base not in BASE_MODELS:
+        raise ValueError(f"unknown base model {base!r}; valid ones are {list(BASE_MODELS)}")
+    settings = profile_settings("pretrain", profile)
+    if "model" in settings:
+        return {"model": settings["model"]}
+    return {k: v for k, v in settings[base].items()}
+
+
+def base_model_dir(profile: str, seed: int = 0, base: str = "image_first", force: bool = False,
+                   progress: bool = True) -> str:
+    """Where ``profile``'s base model ``base`` lives, training and caching it on first use.
 
     The cache directory of the embedded model (``smoke``, ``cpu``), or the hub id the
-    ``paper`` profile names. Loads nothing: see :func:`ensure_base_model`.
+    ``paper`` profile names (the same for both bases: the hub model has seen one layout).
+    Loads nothing: see :func:`ensure_base_model`.
     """
     check_profile(profile)
-    settings = train_settings(profile)
+    settings = train_settings(profile, base)
     if "model" in settings:
         return settings["model"]
-    path = embedded_cache_dir(seed, settings=settings)
+    path = embedded_cache_dir(seed, settings)
     if force or not (path / _INFO).exists():
-        pretrain(seed=seed, progress=progress, **settings)
+        pretrain(PretrainConfig(**settings), seed=seed, profile=profile, progress=progress)
     return str(path)
 
 
-def ensure_base_model(profile: str, seed: int = 0, force: bool = False, progress: bool = True):
-    """The base model of ``profile``: ``(model, processor)``, loaded from the cache or trained and cached.
+def ensure_base_model(profile: str, seed: int = 0, base: str = "image_first", force: bool = False,
+                      progress: bool = True):
+    """``profile``'s base model ``base``: ``(model, processor)``, loaded from the cache or trained and cached.
 
-    ``smoke`` and ``cpu`` pretrain the embedded model with the profile's
-    ``"pretrain"`` settings on first use (``force`` retrains); ``paper``
-    loads the hub model named there. The directory a cached model was read
-    from is ``model.name_or_path``; its ``history.csv`` and
-    ``train_info.json`` sit beside the weights.
+    The directory a cached model was read from is ``model.name_or_path``; its
+    ``history.csv`` and ``train_info.json`` sit beside the weights.
     """
-    return load_model(base_model_dir(profile, seed, force, progress))
+    return load_model(base_model_dir(profile, seed, base, force, progress))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: pretrain (or find cached) the base model of a profile and print where it is."""
+    """CLI: pretrain (or find cached) a base model of a profile and print where it is."""
     parser = argparse.ArgumentParser(prog="python -m gpslib.pretrain", description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="cpu", help="smoke | cpu (default) | paper")
+    parser.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
+    parser.add_argument("--base", default="image_first", choices=list(BASE_MODELS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="retrain even if the cache holds the model")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: gpslib.runtime)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        setup(args.profile, seed=args.seed, threads=args.threads)
+        setup(args.profile, seed=args.seed, threads=args.threads, verbose=False)
     except ValueError as err:
         parser.error(str(err))
-    if "model" in train_settings(args.profile):
+    settings = train_settings(args.profile, args.base)
+    if "model" in settings:
         parser.error(f"profile {args.profile!r} uses the hub model; there is nothing to pretrain")
-    path = embedded_cache_dir(args.seed, settings=train_settings(args.profile))
+    path = embedded_cache_dir(args.seed, settings)
     cached = (path / _INFO).exists() and not args.force
-    ensure_base_model(args.profile, seed=args.seed, force=args.force, progress=not args.no_progress)
+    base_model_dir(args.profile, args.seed, args.base, args.force, progress=not args.no_progress)
     info = json.loads((path / _INFO).read_text())
     print(f"{'cached' if cached else 'trained'}: {path} ({info['parameters']} parameters, "
           f"{info['steps']} steps in {info['seconds']:.1f} s)")

@@ -41,9 +41,20 @@ from gpslib.paper import SIMILARITY_THRESHOLD
 from gpslib.positions import POSITION_SCHEMES
 from gpslib.tokenmixer import check_placement, check_threshold
 
-__all__ = ["STRATEGIES", "REORDERING_FIELDS", "ReorderingLlavaConfig", "check_reordering_settings", "reordering_config"]
+__all__ = ["STRATEGIES", "LAYOUTS", "REORDERING_FIELDS", "ReorderingLlavaConfig", "check_reordering_settings", "reordering_config"]
 
 STRATEGIES = ("none", "cosine", "gps", "oracle", "random")
+# Named layouts: an order (strategy) and the positions of the image tokens. What the distance
+# experiment (gpslib.distance) evaluates and what the mixed-layout base model
+# (gpslib.pretrain) is trained on, so that no layout it is tested on is new to it.
+LAYOUTS: dict[str, dict[str, str]] = {
+    "none": {"reorder": "none", "position_scheme": "sequential"},
+    "oracle": {"reorder": "oracle", "position_scheme": "sequential"},
+    "cosine": {"reorder": "cosine", "position_scheme": "sequential"},
+    "random": {"reorder": "random", "position_scheme": "sequential"},
+    "v2pe": {"reorder": "none", "position_scheme": "v2pe"},
+    "cca": {"reorder": "none", "position_scheme": "cca"},
+}
 REORDERING_FIELDS = ("reorder", "threshold", "placement", "gps", "position_gap", "position_scheme", "v2pe_delta",
                      "assistant_separator_ids")
 

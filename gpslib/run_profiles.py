@@ -29,16 +29,18 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "cpu": {"n_pairs": 5000, "head_dim": 64, "demo_dim": 2048, "n_image": 576, "n_text": 50},
         "paper": {"n_pairs": 20000, "head_dim": 64, "demo_dim": 2048, "n_image": 576, "n_text": 50},
     },
-    # notebooks/00_embedded_base_model.ipynb and gpslib.pretrain: the embedded base model.
-    # Keys not starting with "eval_" are training settings and key the model cache
-    # (gpslib.model.embedded_cache_dir), so the smoke and cpu models never share an entry.
+    # notebooks/00_embedded_base_model.ipynb and gpslib.pretrain: the embedded base models.
+    # "image_first" and "mixed" are gpslib.pretrain.PretrainConfig fields (they key the model
+    # cache, so the smoke and cpu models never share an entry); "eval_*" steer notebook 00.
     # `paper` trains nothing: it loads `model` from the hub and only evaluates it.
     "pretrain": {
-        "smoke": {"size": "test", "steps": 30, "batch_size": 16, "lr": 3e-3, "warmup": 5,
-                  "weight_decay": 0.01, "grad_clip": 1.0, "vision_lr_scale": 0.1,
+        "smoke": {"image_first": {"size": "test", "steps": 30, "batch_size": 16, "lr": 3e-3, "warmup": 5},
+                  "mixed": {"size": "test", "steps": 10, "batch_size": 16, "lr": 1e-3, "warmup": 2,
+                            "layouts": "mixed", "max_gap": 1024, "init": "image_first"},
                   "eval_samples": 48, "eval_batch_size": 48, "eval_max_new_tokens": 20},
-        "cpu": {"size": "embedded", "steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
-                "weight_decay": 0.01, "grad_clip": 1.0, "vision_lr_scale": 0.1,
+        "cpu": {"image_first": {"size": "embedded", "steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100},
+                "mixed": {"size": "embedded", "steps": 600, "batch_size": 32, "lr": 1e-3, "warmup": 30,
+                          "layouts": "mixed", "max_gap": 1024, "init": "image_first"},
                 "eval_samples": 600, "eval_batch_size": 100, "eval_max_new_tokens": 20},
         "paper": {"model": "bczhou/tiny-llava-v1-hf",
                   "eval_samples": 600, "eval_batch_size": 16, "eval_max_new_tokens": 32},

@@ -1,4 +1,4 @@
-"""Tests of gpslib.pretrain: training, the cache, evaluation and the CLI (test-size model, seconds)."""
+"""Tests of gpslib.pretrain: Trainer-based pretraining, the two base models, the cache and the CLI (test size)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,18 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from gpslib import pretrain as pt
 from gpslib import run_profiles
-from gpslib.data import VQACollator
-from gpslib.model import MODEL_SIZES, build_model, build_processor
-from gpslib.pretrain import embedded_cache_dir
-from gpslib.shapes_vqa import shapes_vqa
-TINY = dict(size="test", steps=6, batch_size=4, lr=3e-3, warmup=1, weight_decay=0.0, grad_clip=1.0,
-            vision_lr_scale=0.1)
+from gpslib.model import load_model
+from gpslib.pretrain import PretrainConfig, embedded_cache_dir, layout_for_step
+from gpslib.reordering_config import LAYOUTS
+
+TINY = dict(size="test", steps=6, batch_size=4, lr=3e-3, warmup=1)
 
 
 @pytest.fixture(autouse=True)
@@ -27,96 +27,133 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_loss_decreases_on_a_fixed_batch():
-    model, processor = build_model("test"), build_processor("test")
-    ds = shapes_vqa(8, image_size=MODEL_SIZES["test"]["image_size"])
-    batch = VQACollator(processor, "train")([ds[i] for i in range(8)])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    losses = []
-    for _ in range(8):
-        loss = model(**batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.8 * losses[0]
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_pretrain_writes_history_info_and_a_loadable_model(cache):
-    model, processor, hist = pt.pretrain(seed=0, progress=False, **TINY)
-    assert list(hist.columns) == ["step", "loss", "lr", "seconds"] and len(hist) == TINY["steps"]
-    assert hist["loss"].iloc[-1] < hist["loss"].iloc[0] and not model.training
-    path = embedded_cache_dir(0, settings=TINY)
+def test_pretraining_lowers_the_loss_and_saves_a_model_that_loads_with_the_same_logits(cache, train_batch):
+    config = PretrainConfig(**{**TINY, "steps": 12})
+    model, processor, hist = pt.pretrain(config, seed=0, progress=False)
+    assert list(hist.columns[:4]) == ["step", "loss", "lr", "seconds"] and hist["step"].tolist() == list(range(1, 13))
+    assert hist["loss"].iloc[-3:].mean() < hist["loss"].iloc[:3].mean() and not model.training
+    path = embedded_cache_dir(0, TINY | {"steps": 12})
     info = json.loads((path / "train_info.json").read_text())
-    assert info["steps"] == 6 and info["parameters"] == sum(p.numel() for p in model.parameters())
-    assert info["torch_threads"] == 1 and info["seconds"] > 0
+    assert info["steps"] == 12 and info["parameters"] == sum(p.numel() for p in model.parameters())
+    assert info["torch_threads"] == torch.get_num_threads()
     assert pd.read_csv(path / "history.csv")["loss"].tolist() == pytest.approx(hist["loss"].tolist())
-    assert not [p.name for p in cache.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    loaded, _ = load_model(path)
+    batch = {k: train_batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "labels")}
+    with torch.no_grad():
+        assert torch.equal(loaded(**batch).logits, model(**batch).logits)
+    assert not [p.name for p in cache.iterdir() if p.name.startswith(".") or p.name.endswith(".partial")]
 
 
-def test_an_interrupted_run_resumes_from_its_checkpoint(cache, monkeypatch):
-    real, calls = pt._rows, []
+def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(cache, monkeypatch):
+    config = PretrainConfig(**TINY)
+    reference, _, _ = pt.pretrain(config, seed=0, progress=False, cache_dir=cache / "ref", checkpoint_every=2)
 
-    def flaky(ds, start, stop):
-        calls.append(start)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(ds, start, stop)
+    class Interrupt(Exception):
+        pass
 
-    monkeypatch.setattr(pt, "_rows", flaky)
-    with pytest.raises(KeyboardInterrupt):
-        pt.pretrain(seed=0, progress=False, checkpoint_every=3, **TINY)
-    path = embedded_cache_dir(0, settings=TINY)
-    assert not path.exists() and (path.with_name(path.name + ".partial") / "checkpoint.pt").exists()
-    _, _, hist = pt.pretrain(seed=0, progress=False, checkpoint_every=3, **TINY)
-    info = json.loads((path / "train_info.json").read_text())
-    assert info["resumed_from_step"] == 3 and hist["step"].tolist() == list(range(1, 7))
-    assert not path.with_name(path.name + ".partial").exists()
+    real = pt._Schedule.on_step_end
+
+    def stop_at_five(self, args, state, control, **kwargs):
+        real(self, args, state, control, **kwargs)
+        if state.global_step == 5:
+            raise Interrupt
+
+    monkeypatch.setattr(pt._Schedule, "on_step_end", stop_at_five)
+    with pytest.raises(Interrupt):
+        pt.pretrain(config, seed=0, progress=False, cache_dir=cache / "run", checkpoint_every=2)
+    monkeypatch.setattr(pt._Schedule, "on_step_end", real)
+    assert (cache / "run.partial" / "checkpoints" / "checkpoint-4").is_dir() and not (cache / "run").exists()
+    resumed, _, hist = pt.pretrain(config, seed=0, progress=False, cache_dir=cache / "run", checkpoint_every=2)
+    assert json.loads((cache / "run" / "train_info.json").read_text())["resumed_from"] == "checkpoint-4"
+    ref, got = _weights(reference), _weights(resumed)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert not (cache / "run.partial").exists()
+
+
+def test_the_mixed_model_continues_the_image_first_one_on_every_layout(cache, monkeypatch):
+    monkeypatch.setitem(run_profiles.SETTINGS["pretrain"], "smoke", {
+        "image_first": TINY, "mixed": TINY | {"steps": 8, "layouts": "mixed", "max_gap": 1024, "init": "image_first"},
+        "eval_samples": 4, "eval_batch_size": 4, "eval_max_new_tokens": 4})
+    first = pt.base_model_dir("smoke", progress=False)
+    mixed = pt.base_model_dir("smoke", base="mixed", progress=False)
+    assert first != mixed and os.path.isdir(first)
+    hist = pd.read_csv(os.path.join(mixed, "history.csv"))
+    expected = [layout_for_step(s - 1, 0, 1024) for s in hist["step"]]
+    assert hist["layout"].tolist() == [e["layout"] for e in expected]
+    assert hist["gap"].tolist() == [e["position_gap"] for e in expected]
+    model, _ = load_model(mixed)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"  # saved plain, whatever it trained on
+
+
+def test_layouts_for_steps_cover_every_layout_and_every_scale_of_gap_and_repeat():
+    draws = [layout_for_step(s, 0, 1024) for s in range(3000)]
+    assert {d["layout"] for d in draws} == set(LAYOUTS)
+    gaps = np.array([d["position_gap"] for d in draws])
+    assert 0.2 < (gaps == 0).mean() < 0.3 and gaps.max() <= 1024
+    for low, high in ((1, 16), (16, 128), (128, 1025)):  # log-uniform: each band sees its share
+        assert ((gaps >= low) & (gaps < high)).mean() > 0.15
+    assert [layout_for_step(s, 0, 1024) for s in range(50)] == draws[:50]
+    assert [layout_for_step(s, 1, 1024) for s in range(50)] != draws[:50]
+    assert all(layout_for_step(s, 0, 0)["position_gap"] == 0 for s in range(20))
 
 
 def test_ensure_base_model_trains_once_then_reuses_the_cache(monkeypatch):
-    monkeypatch.setitem(run_profiles.SETTINGS["pretrain"], "smoke", dict(TINY, eval_samples=4))
+    monkeypatch.setitem(run_profiles.SETTINGS["pretrain"], "smoke", {
+        "image_first": TINY, "mixed": TINY, "eval_samples": 4, "eval_batch_size": 4, "eval_max_new_tokens": 4})
     calls = []
     real = pt.pretrain
-    monkeypatch.setattr(pt, "pretrain", lambda **kw: calls.append(kw) or real(**kw))
+    monkeypatch.setattr(pt, "pretrain", lambda *a, **kw: calls.append(a) or real(*a, **kw))
     first, _ = pt.ensure_base_model("smoke", progress=False)
     second, _ = pt.ensure_base_model("smoke", progress=False)
     assert len(calls) == 1
-    for a, b in zip(first.parameters(), second.parameters()):
-        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
 
 
-def test_smoke_and_cpu_models_have_different_cache_entries():
+def test_cache_entries_differ_by_profile_settings_seed_threads_and_code(monkeypatch):
     smoke, cpu = pt.train_settings("smoke"), pt.train_settings("cpu")
-    assert embedded_cache_dir(0, settings=smoke) != embedded_cache_dir(0, settings=cpu)
-    assert embedded_cache_dir(0, settings=cpu) != embedded_cache_dir(0, settings=dict(cpu, steps=cpu["steps"] + 1))
-    assert embedded_cache_dir(0, settings=cpu) == embedded_cache_dir(0, settings=dict(cpu, eval_samples=1))
+    assert embedded_cache_dir(0, smoke) != embedded_cache_dir(0, cpu)
+    assert embedded_cache_dir(0, cpu) != embedded_cache_dir(0, dict(cpu, steps=cpu["steps"] + 1))
+    assert embedded_cache_dir(0, cpu) == embedded_cache_dir(0, dict(cpu, eval_samples=1))
     assert embedded_cache_dir(0, cpu) != embedded_cache_dir(1, cpu)
-    assert set(pt.train_settings("smoke")) == set(cpu)  # every training key is in the cache key
+    assert embedded_cache_dir(0, cpu) != embedded_cache_dir(0, pt.train_settings("cpu", "mixed"))
+    before = embedded_cache_dir(0, cpu)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 7)
+    assert embedded_cache_dir(0, cpu) != before
+    monkeypatch.undo()
+    monkeypatch.setattr(pt, "code_fingerprint", lambda name: "another code")
+    assert embedded_cache_dir(0, cpu) != before
 
 
 @pytest.mark.parametrize("kwargs, word", [
     (dict(size="huge"), "huge"), (dict(steps=0), "steps=0"), (dict(batch_size=-2), "batch_size=-2"),
     (dict(lr=0.0), "lr=0.0"), (dict(warmup=99, steps=5), "warmup=99"),
-    (dict(vision_lr_scale=-1.0), "vision_lr_scale=-1.0"),
+    (dict(vision_lr_scale=-1.0), "vision_lr_scale=-1.0"), (dict(layouts="all"), "layouts='all'"),
+    (dict(max_gap=-3), "max_gap=-3"), (dict(init="scratch"), "init='scratch'"),
 ])
-def test_bad_arguments_raise_value_errors_naming_them(kwargs, word):
+def test_bad_settings_raise_value_errors_naming_them(kwargs, word):
     with pytest.raises(ValueError, match=word):
-        pt.pretrain(**{**TINY, **kwargs, "save": False, "progress": False})
+        PretrainConfig(**{**TINY, **kwargs}).validate()
+
+
+def test_unknown_profiles_and_base_models_are_named():
     with pytest.raises(ValueError, match="nope"):
         pt.ensure_base_model("nope")
+    with pytest.raises(ValueError, match="'both'"):
+        pt.train_settings("cpu", "both")
 
 
 @pytest.mark.slow
 def test_cli_smoke_end_to_end(cache):
-    env = dict(os.environ, GPSLIB_CACHE=str(cache), GPSLIB_THREADS="1")
+    env = dict(os.environ, GPSLIB_CACHE=str(cache), GPSLIB_THREADS="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "gpslib.pretrain", "--profile", "smoke", "--no-progress"]
-    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
-    assert first.returncode == 0, first.stderr
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
     assert "trained:" in first.stdout
-    assert (embedded_cache_dir(0, settings=pt.train_settings("smoke")) / "config.json").exists()
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0 and "cached:" in second.stdout
-    bad = subprocess.run(cmd[:3] + ["--profile", "nope"], capture_output=True, text=True, env=env, timeout=60)
+    bad = subprocess.run(cmd[:3] + ["--profile", "nope"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "nope" in bad.stderr

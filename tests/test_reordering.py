@@ -124,7 +124,7 @@ def test_oracle_puts_each_objects_patches_right_before_its_word(reordering_model
 
 @torch.no_grad()
 def test_random_moves_as_many_image_tokens_as_cosine_but_not_the_same_ones(reordering_model, gen_batch):
-    batch = _strip(gen_batch, ("input_ids", "attention_mask", "pixel_values"))
+    batch = strip(gen_batch, PLAIN_INPUTS)
     image = batch["input_ids"] == reordering_model("none").config.image_token_id
     first = batch["attention_mask"].argmax(1)  # BOS; unmatched image tokens follow it
 
