@@ -127,15 +127,19 @@ def paper_bleu(predictions, references) -> float:
 
 
 def _paper_bleu(predictions: list[str], references: list[str]) -> float:
+    scores = _sentence_bleus(predictions, references)
+    return float(sum(scores) / len(scores))
+
+
+def _sentence_bleus(predictions: list[str], references: list[str]) -> list[float]:
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
     smooth = SmoothingFunction().method1
-    scores = [
+    return [
         sentence_bleu([_split_cjk(ref).lower().split()], _split_cjk(pred).lower().split(), weights=(0.5, 0.5),
                       smoothing_function=smooth)
         for pred, ref in zip(predictions, references)
     ]
-    return float(sum(scores) / len(scores))
 
 
 class _RougeTokenizer:
@@ -272,21 +276,23 @@ def _reset_meteor() -> None:
     _meteor.cache_clear()
 
 
-def _coco_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+def _coco_scores(predictions: list[str], references: list[str]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Corpus METEOR and CIDEr-D, and their per-sample scores."""
     from pycocoevalcap.cider.cider import Cider
 
     require_java()
     gts = {i: [_ptb_tokens(r) or "."] for i, r in enumerate(references)}
     res = {i: [_ptb_tokens(p) or "."] for i, p in enumerate(predictions)}
-    cider, _ = Cider().compute_score(gts, res)
+    cider, cider_each = Cider().compute_score(gts, res)
     if _meteor.cache_info().currsize and not _meteor().alive():  # the Java process died: start a new one
         _reset_meteor()
     try:
-        meteor_score, _ = _meteor().compute_score(gts, res)
+        meteor_score, meteor_each = _meteor().compute_score(gts, res)
     except RuntimeError:
         _reset_meteor()  # the failed process is stopped already; drop it
         raise
-    return {"meteor": float(meteor_score), "cider": float(cider)}
+    return ({"meteor": float(meteor_score), "cider": float(cider)},
+            {"meteor": [float(v) for v in meteor_each], "cider": [float(v) for v in cider_each]})
 
 
 def _patch_bert_score_empty_sentences() -> None:
@@ -324,30 +330,37 @@ def _bert_scorer(model: str):
     return BERTScorer(model_type=model, lang="en")
 
 
-def compute_metrics(predictions, references, bertscore_model: str | None = None) -> dict[str, float]:
+def compute_metrics(predictions, references, bertscore_model: str | None = None, per_sample: bool = False):
     """Score ``predictions`` against ``references`` (lists of strings, one reference each).
 
-    Returns a dict with keys :data:`METRIC_NAMES`. Raises ValueError on a bare string
-    (rather than a list), different lengths or empty lists, RuntimeError naming Java when
-    it is missing or fails, or naming the sample METEOR gave no score for within
-    :data:`METEOR_TIMEOUT_S` (the next call works).
+    Returns a dict with keys :data:`METRIC_NAMES`; with ``per_sample``, also a DataFrame with
+    one row per sample and a column for each metric that has sample scores (``bleu``,
+    ``bertscore_f1``, ``meteor``, ``cider``, ``rouge_l``; corpus BLEU has none), for paired
+    intervals over prompts. The corpus values are the means of those columns, except METEOR,
+    whose corpus score pools the statistics of every sample (as pycocoevalcap reports it).
+    Raises ValueError on a bare string (rather than a list), different lengths or empty
+    lists, RuntimeError naming Java when it is missing or fails, or naming the sample METEOR
+    gave no score for within :data:`METEOR_TIMEOUT_S` (the next call works).
     """
     from rouge_score import rouge_scorer
+    import pandas as pd
     import sacrebleu
 
     predictions, references = _check_pairs(predictions, references)
-    out = {"bleu": _paper_bleu(predictions, references)}
+    each = {"bleu": _sentence_bleus(predictions, references)}
     cjk_predictions, cjk_references = [_split_cjk(p) for p in predictions], [_split_cjk(r) for r in references]
-    out["sacrebleu"] = float(sacrebleu.corpus_bleu(cjk_predictions, [cjk_references]).score / 100.0)
+    corpus = {"sacrebleu": float(sacrebleu.corpus_bleu(cjk_predictions, [cjk_references]).score / 100.0)}
     scorer = _bert_scorer(bertscore_model or DEFAULT_BERTSCORE_MODEL)
     _, _, f1 = scorer.score(predictions, references, batch_size=32)
-    out["bertscore_f1"] = float(f1.mean())
-    out.update(_coco_scores(predictions, references))
+    each["bertscore_f1"] = [float(v) for v in f1]
+    coco, coco_each = _coco_scores(predictions, references)
+    corpus.update(coco)
+    each.update(coco_each)
     rouge = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_RougeTokenizer())
-    out["rouge_l"] = float(
-        sum(rouge.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)) / len(predictions)
-    )
-    return {k: out[k] for k in METRIC_NAMES}
+    each["rouge_l"] = [rouge.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references)]
+    out = {k: float(sum(v) / len(v)) for k, v in each.items()} | corpus
+    out = {k: out[k] for k in METRIC_NAMES}
+    return (out, pd.DataFrame(each)) if per_sample else out
 
 
 @torch.no_grad()

@@ -28,6 +28,16 @@ def identical():
     return metrics.compute_metrics(REFERENCES, REFERENCES)
 
 
+def test_per_sample_scores_average_to_the_corpus_scores_and_rank_the_samples(scored):
+    corpus, each = metrics.compute_metrics(PREDICTIONS, REFERENCES, per_sample=True)
+    assert corpus == scored and len(each) == len(PREDICTIONS)
+    assert set(each.columns) == {"bleu", "bertscore_f1", "meteor", "cider", "rouge_l"}
+    for name in ("bleu", "bertscore_f1", "cider", "rouge_l"):
+        assert each[name].mean() == pytest.approx(corpus[name], rel=1e-9), name
+    for name in each.columns:  # the exact copy scores highest, the empty prediction lowest
+        assert each[name].iloc[0] > each[name].iloc[1] >= each[name].iloc[2], name
+
+
 def test_paper_bleu_matches_the_hand_computed_value():
     # p1 = 3/4, p2 = 2/3, equal lengths: BLEU = sqrt(3/4 * 2/3)
     assert metrics.paper_bleu(["A b c d"], ["a B c e"]) == pytest.approx(math.sqrt(0.5), abs=1e-12)
