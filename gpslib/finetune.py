@@ -37,6 +37,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from huggingface_hub.utils import validate_repo_id
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
@@ -104,27 +105,61 @@ class FinetuneConfig:
     seed: int = 0
 
     def validate(self) -> "FinetuneConfig":
-        """Raise ValueError naming the first bad setting; returns self."""
+        """Raise ValueError naming the first bad setting; returns self.
+
+        Checks every setting, the reordering ones through
+        :func:`gpslib.reordering_config.check_reordering_settings`, without loading,
+        training or writing anything: :func:`finetune` and the CLI call it first.
+        """
         check_reordering_settings(**self.reordering_settings)
-        for name in ("train_samples", "eval_samples", "gen_samples", "epochs", "lora_r", "batch_size",
+        check_profile(self.model_profile)
+        _check_source("model", self.model, EMBEDDED_NAME)
+        _check_source("data", self.data, "shapes")
+        for name in ("train_samples", "eval_samples", "gen_samples", "epochs", "lora_r", "lora_alpha", "batch_size",
                      "grad_accum", "max_new_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {name}={value!r}")
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must lie in (0, 1); got learning_rate={self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must lie in [0, 1); got warmup_ratio={self.warmup_ratio}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must lie in [0, 1); got lora_dropout={self.lora_dropout}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ValueError(f"early_stopping_patience must be >= 1 or None; got {self.early_stopping_patience}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0; got seed={self.seed!r}")
+        if not _is_number(self.learning_rate) or not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must lie in (0, 1); got learning_rate={self.learning_rate!r}")
+        if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1); got warmup_ratio={self.warmup_ratio!r}")
+        if not _is_number(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must lie in [0, 1); got lora_dropout={self.lora_dropout!r}")
+        patience = self.early_stopping_patience
+        if patience is not None and (not _is_int(patience) or patience < 1):
+            raise ValueError(f"early_stopping_patience must be an integer >= 1 or None; got {patience!r}")
         return self
 
     @property
     def reordering_settings(self) -> dict[str, Any]:
         """The run's fields of :class:`gpslib.reordering_config.ReorderingLlavaConfig`."""
         return {name: getattr(self, name) for name in REORDERING_FIELDS if hasattr(self, name)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_source(name: str, value: Any, builtin: str) -> None:
+    """``value`` is ``builtin``, an existing directory, or a hub id (``owner/name``); else ValueError."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be {builtin!r}, a local directory or a hub id; got {name}={value!r}")
+    if value == builtin or Path(value).is_dir():
+        return
+    if Path(value).exists():
+        raise ValueError(f"{name} must be {builtin!r}, a local directory or a hub id; {name}={value!r} is a file")
+    try:
+        validate_repo_id(value)
+    except ValueError:
+        raise ValueError(f"{name} must be {builtin!r}, a local directory or a hub id; got {name}={value!r}, "
+                         f"which is neither an existing directory nor a valid hub id") from None
 
 
 # keys of the "finetune" profile section that steer the notebooks, not one run
@@ -257,7 +292,11 @@ def _callbacks(config: FinetuneConfig, run_dir: Path, processor, gen_rows, progr
 
 
 def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
-    """Fine-tune one run into ``run_dir`` (resuming or skipping a finished one); returns epochs.json as a table."""
+    """Fine-tune one run into ``run_dir`` (resuming or skipping a finished one); returns epochs.json as a table.
+
+    Every setting is checked first (:meth:`FinetuneConfig.validate`), before a base model is
+    trained or loaded and before anything is written.
+    """
     config.validate()
     run_dir = Path(run_dir)
     source, fingerprint = base_model_source(config)
@@ -267,7 +306,6 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
         _check_fingerprint(run_dir, stored, fingerprint)
         return pd.DataFrame(json.loads((run_dir / "epochs.json").read_text()))
-    run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     model, processor = _load_base(config, source)
     image_size = model.config.vision_config.image_size
@@ -290,7 +328,10 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
     }
+    # Only now, with every setting checked and the model and data loaded, does the run touch
+    # its directory (a bad value leaves nothing behind).
     if int(os.environ.get("RANK", "0")) == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(info, indent=1))
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),

@@ -178,3 +178,37 @@ def test_a_run_refuses_a_different_base_model(finished_run, base_dir, tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps(moved))
     with pytest.raises(ValueError, match="another base model"):
         ft.finetune(tiny(other, reorder="cosine"), tmp_path / "run", progress=False)
+
+
+# --------------------------------------------------------------------------- settings checked first (issue 13)
+@pytest.mark.parametrize(
+    "key, value, match",
+    [("threshold", 5, "threshold=5"), ("placement", "middle", "'middle'"),
+     ("gps", {"sinkhorn_iters": 0}, "sinkhorn_iters=0"), ("gps", {"n_iters": 5}, "'n_iters'"),
+     ("position_scheme", "spiral", "'spiral'"), ("model_profile", "laptop", "'laptop'"),
+     ("model", "/no/such/model", "model='/no/such/model'"), ("data", "/no/such/data", "data='/no/such/data'"),
+     ("learning_rate", "fast", "learning_rate='fast'"), ("early_stopping_patience", 0.5, "0.5"),
+     ("lora_alpha", 0, "lora_alpha=0"), ("seed", -1, "seed=-1")],
+)
+def test_every_setting_is_checked_before_a_model_is_built_or_a_directory_made(tmp_path, monkeypatch, capsys, key,
+                                                                              value, match):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a base model was resolved, trained or loaded before the settings were checked")
+
+    for name in ("base_model_source", "base_model_dir", "_load_base"):
+        monkeypatch.setattr(ft, name, must_not_run)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:  # the CLI: the smoke profile's embedded model is never trained
+        ft.main(["--profile", "smoke", "--run-dir", str(run_dir), "--set", f"{key}={json.dumps(value)}"])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+    with pytest.raises(ValueError, match=match.replace("[", r"\[")):  # the function: FinetuneConfig as given
+        ft.finetune(ft.FinetuneConfig(**{key: value}), run_dir, progress=False)
+    assert not run_dir.exists()
+
+
+def test_a_run_whose_base_model_fails_to_load_leaves_no_directory(tmp_path):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises((OSError, ValueError)):
+        ft.finetune(ft.FinetuneConfig(model=str(empty)), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
