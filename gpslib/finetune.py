@@ -30,8 +30,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ import torch
 from huggingface_hub.utils import validate_repo_id
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 
 from gpslib.atomic_files import atomic_write_text
 from gpslib.data import VQACollator, load_hub_vsft
@@ -291,11 +294,62 @@ def _callbacks(config: FinetuneConfig, run_dir: Path, processor, gen_rows, progr
     return callbacks
 
 
+# files without which a Trainer checkpoint cannot resume exactly (trainer_state.json is written last)
+CHECKPOINT_FILES = (TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME)
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    return int(match.group(1)) if match and path.is_dir() else None
+
+
+def _checkpoint_is_complete(path: Path) -> bool:
+    """Whether ``path`` holds everything a Trainer checkpoint resumes from, with a readable trainer state.
+
+    The Trainer writes the weights, optimizer, scheduler and RNG state first and
+    ``trainer_state.json`` last (not atomically), so a kill while saving leaves a folder
+    without it or with a truncated one; a kill while old checkpoints are rotated away leaves
+    one with files missing.
+    """
+    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    if not any((path / name).is_file() for name in CHECKPOINT_WEIGHTS) or not any(path.glob("rng_state*.pth")):
+        return False
+    try:
+        state = json.loads((path / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == _checkpoint_step(path)
+
+
+def _newest_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The complete ``checkpoint-*`` with the most steps; incomplete ones are removed with a warning naming them."""
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if _checkpoint_step(p) is not None),
+                   key=_checkpoint_step, reverse=True)
+    complete = [p for p in found if _checkpoint_is_complete(p)]
+    incomplete = [p for p in found if p not in complete]
+    if incomplete:
+        newest = f"resuming from {complete[0].name}" if complete else "starting from scratch"
+        warnings.warn(f"skipping incomplete checkpoints {[p.name for p in incomplete]} in {checkpoints} "
+                      f"(interrupted while being written or removed); {newest}; removing them", stacklevel=3)
+        if _is_main_process():
+            for path in incomplete:
+                shutil.rmtree(path, ignore_errors=True)
+    return complete[0] if complete else None
+
+
 def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
     """Fine-tune one run into ``run_dir`` (resuming or skipping a finished one); returns epochs.json as a table.
 
     Every setting is checked first (:meth:`FinetuneConfig.validate`), before a base model is
-    trained or loaded and before anything is written.
+    trained or loaded and before anything is written. An unfinished run resumes from its
+    newest complete checkpoint; incomplete ones, left by a kill while saving, are skipped
+    with a warning and removed.
     """
     config.validate()
     run_dir = Path(run_dir)
@@ -306,6 +360,7 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
             raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
         _check_fingerprint(run_dir, stored, fingerprint)
         return pd.DataFrame(json.loads((run_dir / "epochs.json").read_text()))
+    checkpoint = _newest_complete_checkpoint(run_dir / "checkpoints")
     seed_everything(config.seed)
     model, processor = _load_base(config, source)
     image_size = model.config.vision_config.image_size
@@ -373,8 +428,7 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
     )
     if not progress:  # the Trainer prints every log dict (with timings) when its bars are off
         trainer.remove_callback(PrinterCallback)
-    resume = any((run_dir / "checkpoints").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     if trainer.is_world_process_zero():
         adapter_tmp = run_dir / ".adapter.tmp"
         trainer.model.save_pretrained(adapter_tmp)

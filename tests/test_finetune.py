@@ -180,6 +180,59 @@ def test_a_run_refuses_a_different_base_model(finished_run, base_dir, tmp_path):
         ft.finetune(tiny(other, reorder="cosine"), tmp_path / "run", progress=False)
 
 
+# --------------------------------------------------------------------------- interrupted runs (issue 13)
+def _interrupted_copy(run_dir, tmp_path):
+    """A copy of a finished run as a kill before adapter/ and done.json would leave it."""
+    copy = tmp_path / "interrupted"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "adapter")
+    (copy / "done.json").unlink()
+    return copy
+
+
+def _tree(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_an_incomplete_checkpoint_is_skipped_with_a_warning_and_removed(finished_run, base_dir, tmp_path):
+    run_dir, table = finished_run
+    run_dir = _interrupted_copy(run_dir, tmp_path)
+    checkpoints = run_dir / "checkpoints"
+    # a kill while checkpoint-5 was written (no trainer_state.json) and while checkpoint-6's was (half of it)
+    shutil.copytree(checkpoints / "checkpoint-4", checkpoints / "checkpoint-5")
+    (checkpoints / "checkpoint-5" / "trainer_state.json").unlink()
+    shutil.copytree(checkpoints / "checkpoint-4", checkpoints / "checkpoint-6")
+    state = (checkpoints / "checkpoint-6" / "trainer_state.json").read_text()
+    (checkpoints / "checkpoint-6" / "trainer_state.json").write_text(state[: len(state) // 2])
+    with pytest.warns(UserWarning, match=r"\['checkpoint-6', 'checkpoint-5'\].*resuming from checkpoint-4"):
+        again = ft.finetune(tiny(base_dir, reorder="cosine"), run_dir, progress=False)
+    assert not (checkpoints / "checkpoint-5").exists() and not (checkpoints / "checkpoint-6").exists()
+    assert json.loads((run_dir / "done.json").read_text())["steps"] == 4
+    assert again.equals(table)
+
+
+@pytest.mark.parametrize("damage", ["no_state", "truncated_state", "wrong_step", "no_optimizer", "no_rng"])
+def test_only_complete_checkpoints_count_and_none_means_from_scratch(finished_run, tmp_path, damage):
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(finished_run[0] / "checkpoints" / "checkpoint-4", checkpoints / "checkpoint-4")
+    assert ft._newest_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+    path = checkpoints / "checkpoint-4"
+    if damage == "no_state":
+        (path / "trainer_state.json").unlink()
+    elif damage == "truncated_state":
+        (path / "trainer_state.json").write_text((path / "trainer_state.json").read_text()[:40])
+    elif damage == "wrong_step":
+        path.rename(checkpoints / "checkpoint-3")
+    elif damage == "no_optimizer":
+        (path / "optimizer.pt").unlink()
+    else:
+        for rng in path.glob("rng_state*.pth"):
+            rng.unlink()
+    with pytest.warns(UserWarning, match="starting from scratch"):
+        assert ft._newest_complete_checkpoint(checkpoints) is None
+    assert not any(checkpoints.iterdir())
+
+
 # --------------------------------------------------------------------------- settings checked first (issue 13)
 @pytest.mark.parametrize(
     "key, value, match",
