@@ -194,6 +194,43 @@ def _tree(path):
     return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+def test_an_unfinished_run_refuses_changed_settings_naming_them(finished_run, base_dir, tmp_path):
+    run_dir = _interrupted_copy(finished_run[0], tmp_path)
+    before = _tree(run_dir)
+    with pytest.raises(ValueError, match="unfinished run") as err:
+        ft.finetune(tiny(base_dir, reorder="none", learning_rate=0.01), run_dir, progress=False)
+    assert "reorder: 'cosine' -> 'none'" in str(err.value) and "learning_rate: 0.0001 -> 0.01" in str(err.value)
+    assert "restart" in str(err.value)
+    assert _tree(run_dir) == before  # nothing resumed, nothing rewritten
+
+
+def test_an_unfinished_run_refuses_another_base_model(finished_run, base_dir, tmp_path):
+    run_dir = _interrupted_copy(finished_run[0], tmp_path)
+    info = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**info, "base_fingerprint": "0" * 16}))
+    with pytest.raises(ValueError, match="base model fingerprint: '0000000000000000' -> "):
+        ft.finetune(tiny(base_dir, reorder="cosine"), run_dir, progress=False)
+    assert not (run_dir / "done.json").exists()
+
+
+def test_cli_refuses_changed_settings_and_restart_trains_afresh(finished_run, base_dir, tmp_path, capsys):
+    run_dir = _interrupted_copy(finished_run[0], tmp_path)
+    (run_dir / "notes.txt").write_text("mine")
+    args = ["--profile", "smoke", "--reorder", "none", "--run-dir", str(run_dir), "--no-progress",
+            "--set", f"model={base_dir}", "--set", "train_samples=4", "--set", "eval_samples=4",
+            "--set", "gen_samples=2", "--set", "epochs=1", "--set", "max_new_tokens=4"]
+    with pytest.raises(SystemExit) as refused:
+        ft.main(args)
+    assert refused.value.code == 2 and "reorder: 'cosine' -> 'none'" in capsys.readouterr().err
+    assert ft.main(args + ["--restart"]) == 0
+    info = json.loads((run_dir / "config.json").read_text())
+    assert info["settings"]["reorder"] == "none" and info["settings"]["epochs"] == 1
+    assert json.loads((run_dir / "done.json").read_text())["steps"] == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-1"]
+    assert len(json.loads((run_dir / "epochs.json").read_text())) == 1
+    assert (run_dir / "notes.txt").read_text() == "mine"  # only the run's own files are discarded
+
+
 def test_an_incomplete_checkpoint_is_skipped_with_a_warning_and_removed(finished_run, base_dir, tmp_path):
     run_dir, table = finished_run
     run_dir = _interrupted_copy(run_dir, tmp_path)
