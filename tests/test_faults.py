@@ -1,4 +1,4 @@
-"""Fault injection: a fine-tune killed at random points.
+"""Fault injection: a fine-tune killed at random points, and run_all.sh interrupted mid-notebook.
 
 Fine-tuning: a tiny GPS run (5 epochs of one optimizer step each, so every step is
 evaluated and checkpointed) is killed with SIGKILL at a seeded choice of points, among them
@@ -13,6 +13,11 @@ follows the global step, and Sinkformer weights trained in full beside LoRA.
 
 The killed runs are forked from this process (fast: no fresh import of torch), with a
 watchdog; the final resume is a fresh process through the CLI.
+
+run_all.sh: a notebook run is interrupted with SIGINT or SIGTERM to run_all.sh's process
+group while the second of three notebooks runs; the publish folder must hold exactly the
+complete files of the notebook that finished (and the files that were there before), no
+temporary files and nothing of the interrupted notebook, and the staging folder must be gone.
 """
 
 import dataclasses
@@ -26,6 +31,7 @@ import time
 import traceback
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -196,3 +202,61 @@ def test_a_run_killed_four_times_and_resumed_equals_an_uninterrupted_run(base_di
     trained = _weights(reference / last)
     assert any(float(t.abs().max()) > 0 for n, t in trained.items() if "lora_B" in n)  # not a trivial match
     assert any("reorder_gps" in n for n in trained)  # the Sinkformer's weights are compared too
+
+
+# --------------------------------------------------------------------------- run_all.sh interrupted
+def _notebook(path: Path, *sources: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "smoke"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nb, path)
+
+
+WRITE = (
+    "import pandas as pd\n"
+    "from gpslib.figures import save_table\n"
+    "save_table(pd.DataFrame({{'v': [{value}]}}), '{name}', profile)\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_run_all_publishes_only_the_finished_notebooks_files(tmp_path, sig):
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("run_all.sh is exercised from its own .venv")
+    nbs, publish, runs = tmp_path / "notebooks", tmp_path / "figures", tmp_path / "runs"
+    nbs.mkdir()
+    publish.mkdir()
+    (publish / "table_b.csv").write_text("good old table\n")
+    started = tmp_path / "02_started"
+    _notebook(nbs / "01_ok.ipynb", WRITE.format(value=1, name="table_a"))
+    # writes its table into staging, says so, then runs until interrupted
+    _notebook(nbs / "02_interrupted.ipynb", WRITE.format(value=2, name="table_b"),
+              f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(300)")
+    _notebook(nbs / "03_never.ipynb", WRITE.format(value=3, name="table_c"))
+    env = dict(os.environ, GPSLIB_NOTEBOOKS_DIR=str(nbs), GPSLIB_PUBLISH_DIR=str(publish), GPSLIB_RUNS_DIR=str(runs),
+               OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([str(ROOT / "run_all.sh"), "--profile", "cpu"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not started.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "notebook 02 never started"
+            time.sleep(0.2)
+        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal, or a job scheduler's kill, does
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + sig, out + err
+    assert "run_all.sh: interrupted" in err and "while running 02_interrupted.ipynb" in err, err
+    # exactly the complete files of the notebook that finished, and what was there before
+    assert sorted(p.name for p in publish.iterdir()) == ["table_a.csv", "table_a.md", "table_a.tex", "table_b.csv"]
+    assert (publish / "table_a.csv").read_text().splitlines() == [",v", "0,1"]
+    assert (publish / "table_b.csv").read_text() == "good old table\n"
+    assert not (runs / "cpu" / "staging").exists() or not any((runs / "cpu" / "staging").iterdir())
+    assert not (runs / "cpu" / "03_never.ipynb").exists()
