@@ -15,9 +15,10 @@ The killed runs are forked from this process (fast: no fresh import of torch), w
 watchdog; the final resume is a fresh process through the CLI.
 
 run_all.sh: a notebook run is interrupted with SIGINT or SIGTERM to run_all.sh's process
-group while the second of three notebooks runs; the publish folder must hold exactly the
-complete files of the notebook that finished (and the files that were there before), no
-temporary files and nothing of the interrupted notebook, and the staging folder must be gone.
+group, or SIGTERM to the script alone, while the second of three notebooks runs; the publish
+folder must hold exactly the complete files of the notebook that finished (and the files
+that were there before), no temporary files and nothing of the interrupted notebook, the
+staging folder must be gone and no papermill left running.
 """
 
 import dataclasses
@@ -221,9 +222,24 @@ WRITE = (
 )
 
 
+def _papermills_running(notebooks: Path) -> list[str]:
+    """Command lines of live papermill processes that run a notebook under ``notebooks``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "papermill" in text and str(notebooks) in text:
+            found.append(text)
+    return found
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupted_run_all_publishes_only_the_finished_notebooks_files(tmp_path, sig):
+@pytest.mark.parametrize("target, sig", [("group", signal.SIGINT), ("group", signal.SIGTERM),
+                                         ("script", signal.SIGTERM)],
+                         ids=["SIGINT-to-group", "SIGTERM-to-group", "SIGTERM-to-script"])
+def test_an_interrupted_run_all_publishes_only_the_finished_notebooks_files(tmp_path, target, sig):
     if not (ROOT / ".venv" / "bin" / "python").exists():
         pytest.skip("run_all.sh is exercised from its own .venv")
     nbs, publish, runs = tmp_path / "notebooks", tmp_path / "figures", tmp_path / "runs"
@@ -246,12 +262,18 @@ def test_an_interrupted_run_all_publishes_only_the_finished_notebooks_files(tmp_
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "notebook 02 never started"
             time.sleep(0.2)
-        os.killpg(proc.pid, sig)  # what Ctrl-C in a terminal, or a job scheduler's kill, does
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
+        if target == "group":  # what Ctrl-C in a terminal, or a job scheduler's kill, does
+            os.killpg(proc.pid, sig)
+        else:  # what timeout(1) or kill PID does: papermill must not run on, orphaned
+            os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=60)
+        assert _papermills_running(nbs) == []
+    finally:  # the whole group: an orphaned papermill outlives the script in it
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        except ProcessLookupError:
+            pass
+        proc.wait()
     assert proc.returncode == 128 + sig, out + err
     assert "run_all.sh: interrupted" in err and "while running 02_interrupted.ipynb" in err, err
     # exactly the complete files of the notebook that finished, and what was there before
