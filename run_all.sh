@@ -11,7 +11,9 @@
 # Executed copies go to runs/<profile>/. A notebook's figures are staged in
 # runs/<profile>/staging/<notebook>/ and moved into figures/ (runs/smoke/figures/
 # for smoke) only when the notebook succeeds. The first failing notebook stops
-# the run with its name and a non-zero exit.
+# the run with its name and a non-zero exit. Interrupted (Ctrl-C, SIGTERM, SIGHUP),
+# the run stops its notebook, discards that notebook's staged files and exits 128+signal;
+# a notebook's files are published all together or not at all.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -140,26 +142,70 @@ if [[ -z "$PUBLISH_DIR" ]]; then
 fi
 OUT_DIR="$RUNS_DIR/$PROFILE"
 mkdir -p "$OUT_DIR" "$PUBLISH_DIR"
+
+# Interrupted: stop the running notebook, discard its staged files, say so, exit 128+signal.
+# papermill runs in the background so that a signal sent to this script alone (timeout,
+# kill PID) acts at once; bash starts background commands with SIGINT ignored, so a
+# Ctrl-C reaches papermill as the SIGTERM forwarded here (its kernel, which runs in a session
+# of its own, shuts itself down when papermill is gone).
+name=""; staging=""; papermill_pid=""; phase=""
+on_signal() {  # $1: signal name, $2: exit status
+  trap - INT TERM HUP
+  if [[ -n "$papermill_pid" ]]; then
+    kill -TERM "$papermill_pid" 2>/dev/null || true
+    wait "$papermill_pid" 2>/dev/null || true
+  fi
+  [[ -n "$staging" ]] && rm -rf "$staging"
+  if [[ "$phase" == publishing ]]; then  # a signal waits for the publishing subshell to finish
+    echo "run_all.sh: interrupted (SIG$1) after $name finished; its files were published" >&2
+  elif [[ -n "$name" ]]; then
+    echo "run_all.sh: interrupted (SIG$1) while running $name; nothing of it was published" >&2
+  else
+    echo "run_all.sh: interrupted (SIG$1)" >&2
+  fi
+  echo "run_all.sh: files in ${PUBLISH_DIR#"$ROOT"/}/ are complete ones of notebooks that finished" >&2
+  exit "$2"
+}
+trap 'on_signal INT 130' INT
+trap 'on_signal TERM 143' TERM
+trap 'on_signal HUP 129' HUP
+
 start_all=$SECONDS
 for nb in "${notebooks[@]}"; do
   name="$(basename "$nb")"
   stem="${name%.ipynb}"
   staging="$OUT_DIR/staging/$stem"
+  phase=running
   rm -rf "$staging"; mkdir -p "$staging"
   echo "==> $name (profile $PROFILE)"
   start=$SECONDS
-  if ! GPSLIB_FIGURES_DIR="$staging" "$PY" -m papermill -k python3 --cwd "$NOTEBOOKS_DIR" \
-        -p profile "$PROFILE" --no-progress-bar "$nb" "$OUT_DIR/$name"; then
+  GPSLIB_FIGURES_DIR="$staging" "$PY" -m papermill -k python3 --cwd "$NOTEBOOKS_DIR" \
+      -p profile "$PROFILE" --no-progress-bar "$nb" "$OUT_DIR/$name" &
+  papermill_pid=$!
+  rc=0; wait "$papermill_pid" || rc=$?
+  papermill_pid=""
+  if [[ $rc -ne 0 ]]; then
     echo "run_all.sh: FAILED: $name (profile $PROFILE); executed copy with the error: $OUT_DIR/$name" >&2
     echo "run_all.sh: files already in ${PUBLISH_DIR#"$ROOT"/}/ were left as they were" >&2
     exit 1
   fi
-  for f in "$staging"/* ; do [[ -e "$f" ]] && mv -f "$f" "$PUBLISH_DIR/"; done
-  rm -rf "$staging"
-  if [[ "$MODE" == refresh ]]; then
-    # smoke outputs, without the injected-parameters cell, become the committed reference
-    "$PY" - "$OUT_DIR/$name" "$nb" <<'PYEOF'
-import sys, nbformat
+  # Publish: in a subshell that ignores INT/TERM/HUP (as do the commands it runs), so a
+  # signal takes effect only once every file of the notebook is in place. Each file is first
+  # moved to a temporary name beside its target (a copy if runs/ lies on another file
+  # system), then renamed over it, which is atomic.
+  phase=publishing
+  (
+    trap '' INT TERM HUP
+    for f in "$staging"/* ; do
+      [[ -e "$f" ]] || continue
+      base="$(basename "$f")"
+      mv -f "$f" "$PUBLISH_DIR/.$base.tmp"
+      mv -f "$PUBLISH_DIR/.$base.tmp" "$PUBLISH_DIR/$base"
+    done
+    if [[ "$MODE" == refresh ]]; then
+      # smoke outputs, without the injected-parameters cell, become the committed reference
+      "$PY" - "$OUT_DIR/$name" "$nb" <<'PYEOF'
+import os, sys, nbformat
 src, dst = sys.argv[1], sys.argv[2]
 nb = nbformat.read(src, as_version=4)
 nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
@@ -167,10 +213,15 @@ for c in nb.cells:
     c.metadata.pop("papermill", None)
     c.metadata.pop("execution", None)
 nb.metadata.pop("papermill", None)
-nbformat.write(nb, dst)
+tmp = os.path.join(os.path.dirname(dst), "." + os.path.basename(dst) + ".tmp")
+nbformat.write(nb, tmp)
+os.replace(tmp, dst)
 PYEOF
-    echo "    refreshed the stored smoke outputs of $name"
-  fi
+      echo "    refreshed the stored smoke outputs of $name"
+    fi
+  )
+  rm -rf "$staging"
   echo "    done in $((SECONDS - start)) s"
 done
+name=""; staging=""
 echo "==> all ${#notebooks[@]} notebook(s) ran in $((SECONDS - start_all)) s; figures and tables in ${PUBLISH_DIR#"$ROOT"/}/"

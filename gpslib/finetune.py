@@ -16,7 +16,9 @@ hard after half the steps).
 A run directory holds ``config.json`` (settings, device, precision, optimizer),
 ``epochs.json`` (train loss, validation loss, BLEU per epoch), ``checkpoints/`` (for
 resuming an interrupted run), ``adapter/`` (the best LoRA adapter, and the Sinkformer)
-and ``done.json`` once finished; a finished run is not trained again. The same entry
+and ``done.json`` once finished; a finished run is not trained again. An interrupted run
+resumes from its newest complete checkpoint, and only with the settings, setup and base
+model it was started with (``--restart`` discards it instead). The same entry
 point runs under ``torchrun`` / ``accelerate launch`` on several processes:
 
     python -m gpslib.finetune --reorder cosine --profile cpu --run-dir runs/finetune/cosine
@@ -30,15 +32,19 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
+from huggingface_hub.utils import validate_repo_id
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 
 from gpslib.atomic_files import atomic_write_text
 from gpslib.data import VQACollator, load_hub_vsft
@@ -104,27 +110,61 @@ class FinetuneConfig:
     seed: int = 0
 
     def validate(self) -> "FinetuneConfig":
-        """Raise ValueError naming the first bad setting; returns self."""
+        """Raise ValueError naming the first bad setting; returns self.
+
+        Checks every setting, the reordering ones through
+        :func:`gpslib.reordering_config.check_reordering_settings`, without loading,
+        training or writing anything: :func:`finetune` and the CLI call it first.
+        """
         check_reordering_settings(**self.reordering_settings)
-        for name in ("train_samples", "eval_samples", "gen_samples", "epochs", "lora_r", "batch_size",
+        check_profile(self.model_profile)
+        _check_source("model", self.model, EMBEDDED_NAME)
+        _check_source("data", self.data, "shapes")
+        for name in ("train_samples", "eval_samples", "gen_samples", "epochs", "lora_r", "lora_alpha", "batch_size",
                      "grad_accum", "max_new_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if not _is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {name}={value!r}")
-        if not 0 < self.learning_rate < 1:
-            raise ValueError(f"learning_rate must lie in (0, 1); got learning_rate={self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"warmup_ratio must lie in [0, 1); got warmup_ratio={self.warmup_ratio}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must lie in [0, 1); got lora_dropout={self.lora_dropout}")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ValueError(f"early_stopping_patience must be >= 1 or None; got {self.early_stopping_patience}")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0; got seed={self.seed!r}")
+        if not _is_number(self.learning_rate) or not 0 < self.learning_rate < 1:
+            raise ValueError(f"learning_rate must lie in (0, 1); got learning_rate={self.learning_rate!r}")
+        if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must lie in [0, 1); got warmup_ratio={self.warmup_ratio!r}")
+        if not _is_number(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must lie in [0, 1); got lora_dropout={self.lora_dropout!r}")
+        patience = self.early_stopping_patience
+        if patience is not None and (not _is_int(patience) or patience < 1):
+            raise ValueError(f"early_stopping_patience must be an integer >= 1 or None; got {patience!r}")
         return self
 
     @property
     def reordering_settings(self) -> dict[str, Any]:
         """The run's fields of :class:`gpslib.reordering_config.ReorderingLlavaConfig`."""
         return {name: getattr(self, name) for name in REORDERING_FIELDS if hasattr(self, name)}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_source(name: str, value: Any, builtin: str) -> None:
+    """``value`` is ``builtin``, an existing directory, or a hub id (``owner/name``); else ValueError."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be {builtin!r}, a local directory or a hub id; got {name}={value!r}")
+    if value == builtin or Path(value).is_dir():
+        return
+    if Path(value).exists():
+        raise ValueError(f"{name} must be {builtin!r}, a local directory or a hub id; {name}={value!r} is a file")
+    try:
+        validate_repo_id(value)
+    except ValueError:
+        raise ValueError(f"{name} must be {builtin!r}, a local directory or a hub id; got {name}={value!r}, "
+                         f"which is neither an existing directory nor a valid hub id") from None
 
 
 # keys of the "finetune" profile section that steer the notebooks, not one run
@@ -256,18 +296,148 @@ def _callbacks(config: FinetuneConfig, run_dir: Path, processor, gen_rows, progr
     return callbacks
 
 
-def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
-    """Fine-tune one run into ``run_dir`` (resuming or skipping a finished one); returns epochs.json as a table."""
+# what a run writes into its directory (a restart or a fresh start discards exactly these)
+RUN_FILES = ("done.json", "config.json", "epochs.json", "bleu.json", "log_history.json", "eval.json", "adapter",
+             ".adapter.tmp", "checkpoints")
+# files without which a Trainer checkpoint cannot resume exactly (trainer_state.json is written last)
+CHECKPOINT_FILES = (TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME)
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+class _RunDirError(ValueError):
+    """``run_dir`` holds a run this one may not reuse or resume; the message says what differs and what to do."""
+
+
+def _setup() -> dict[str, Any]:
+    """Device, precision, optimizer and world size of a run started here and now."""
+    device = _device()
+    return {
+        "device": device,
+        "precision": "fp16" if device == "cuda" else "fp32",
+        "optimizer": "paged_adamw_8bit" if device == "cuda" else "adamw_torch",
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    return int(match.group(1)) if match and path.is_dir() else None
+
+
+def _checkpoint_is_complete(path: Path) -> bool:
+    """Whether ``path`` holds everything a Trainer checkpoint resumes from, with a readable trainer state.
+
+    The Trainer writes the weights, optimizer, scheduler and RNG state first and
+    ``trainer_state.json`` last (not atomically), so a kill while saving leaves a folder
+    without it or with a truncated one; a kill while old checkpoints are rotated away leaves
+    one with files missing.
+    """
+    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    if not any((path / name).is_file() for name in CHECKPOINT_WEIGHTS) or not any(path.glob("rng_state*.pth")):
+        return False
+    try:
+        state = json.loads((path / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and state.get("global_step") == _checkpoint_step(path)
+
+
+def _newest_complete_checkpoint(checkpoints: Path) -> Path | None:
+    """The complete ``checkpoint-*`` with the most steps; incomplete ones are removed with a warning naming them."""
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if _checkpoint_step(p) is not None),
+                   key=_checkpoint_step, reverse=True)
+    complete = [p for p in found if _checkpoint_is_complete(p)]
+    incomplete = [p for p in found if p not in complete]
+    if incomplete:
+        newest = f"resuming from {complete[0].name}" if complete else "starting from scratch"
+        warnings.warn(f"skipping incomplete checkpoints {[p.name for p in incomplete]} in {checkpoints} "
+                      f"(interrupted while being written or removed); {newest}; removing them", stacklevel=3)
+        if _is_main_process():
+            for path in incomplete:
+                shutil.rmtree(path, ignore_errors=True)
+    return complete[0] if complete else None
+
+
+def _differences(stored: dict[str, Any], settings: dict[str, Any], setup: dict[str, Any] | None = None,
+                 fingerprint: str | None = None) -> list[str]:
+    """``"name: old -> new"`` for each stored setting (and setup entry, and the base fingerprint) that differs."""
+    old = stored.get("settings", {})
+    lines = [f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+             if old.get(k) != settings.get(k)]
+    for key, value in (setup or {}).items():
+        if stored.get(key) != value:
+            lines.append(f"{key}: {stored.get(key)!r} -> {value!r}")
+    if fingerprint is not None and stored.get("base_fingerprint") != fingerprint:
+        lines.append(f"base model fingerprint: {stored.get('base_fingerprint')!r} -> {fingerprint!r} "
+                     f"(GPSLIB_CACHE changed or the base model was retrained)")
+    return lines
+
+
+def _resume_point(run_dir: Path, settings: dict[str, Any], setup: dict[str, Any], fingerprint: str) -> Path | None:
+    """The checkpoint an unfinished run in ``run_dir`` resumes from (None: start from scratch).
+
+    Raises ValueError naming every difference when the run was started with other settings,
+    on another setup or from another base model.
+    """
+    checkpoint = _newest_complete_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        return None
+    hint = "resume it with its own settings, choose another run_dir, or pass restart=True (--restart) to discard it"
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        raise _RunDirError(f"{run_dir} holds an unfinished run ({checkpoint.name}) without a readable config.json; "
+                           f"pass restart=True (--restart) to discard it") from None
+    differences = _differences(stored, settings, setup, fingerprint)
+    if differences:
+        raise _RunDirError(f"{run_dir} holds an unfinished run ({checkpoint.name}) that differs from this one in "
+                           f"{'; '.join(differences)}; {hint}")
+    return checkpoint
+
+
+def _discard_run(run_dir: Path) -> None:
+    """Remove every file a run writes (:data:`RUN_FILES`) from ``run_dir``; other files stay."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
+def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool = True,
+             restart: bool = False) -> pd.DataFrame:
+    """Fine-tune one run into ``run_dir``; returns epochs.json as a table.
+
+    Every setting is checked first (:meth:`FinetuneConfig.validate`), before a base model is
+    trained or loaded and before anything is written. A finished run (``done.json``) with the
+    same settings is returned as it is. An unfinished one resumes from its newest complete
+    checkpoint (incomplete ones, left by a kill while saving, are skipped with a warning and
+    removed); it must have been started with the same settings, on the same setup (device,
+    precision, optimizer, world size) and from the same base model, else ValueError naming
+    what differs. ``restart=True`` discards the run's files in ``run_dir`` (:data:`RUN_FILES`)
+    and trains from scratch.
+    """
     config.validate()
     run_dir = Path(run_dir)
-    source, fingerprint = base_model_source(config)
-    if (run_dir / "done.json").exists():
+    settings = json.loads(json.dumps(dataclasses.asdict(config)))  # as config.json stores them
+    setup = _setup()
+    if not restart and (run_dir / "done.json").exists():
         stored = json.loads((run_dir / "config.json").read_text())
-        if stored["settings"] != dataclasses.asdict(config):
-            raise ValueError(f"{run_dir} holds a finished run with other settings; choose another run_dir")
+        differences = _differences(stored, settings)
+        if differences:
+            raise _RunDirError(f"{run_dir} holds a finished run with other settings ({'; '.join(differences)}); "
+                               f"choose another run_dir, or pass restart=True (--restart) to discard it")
+        source, fingerprint = base_model_source(config)
         _check_fingerprint(run_dir, stored, fingerprint)
         return pd.DataFrame(json.loads((run_dir / "epochs.json").read_text()))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    source, fingerprint = base_model_source(config)
+    checkpoint = None if restart else _resume_point(run_dir, settings, setup, fingerprint)
     seed_everything(config.seed)
     model, processor = _load_base(config, source)
     image_size = model.config.vision_config.image_size
@@ -275,22 +445,23 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
     evaluation = load_data(config, "test", config.eval_samples, image_size)
     gen_rows = evaluation.select(range(min(config.gen_samples, len(evaluation))))
     model = get_peft_model(model, lora_config(config))
-    device = _device()
-    precision = "fp16" if device == "cuda" else "fp32"
-    optimizer = "paged_adamw_8bit" if device == "cuda" else "adamw_torch"
     info = {
-        "settings": dataclasses.asdict(config),
+        "settings": settings,
         "base_model": source,
         "base_fingerprint": fingerprint,
-        "device": device,
-        "precision": precision,
-        "optimizer": optimizer,
+        **setup,
         "torch_threads": torch.get_num_threads(),
-        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total_parameters": sum(p.numel() for p in model.parameters()),
     }
-    if int(os.environ.get("RANK", "0")) == 0:
+    # Only now, with every setting checked and the model and data loaded, does the run touch
+    # its directory (a bad value leaves nothing behind). Process 0 writes; under torchrun it
+    # does so before it sets up the process group (TrainingArguments below), which the others
+    # wait for, so none of them trains against a half-cleared directory.
+    if _is_main_process():
+        if checkpoint is None:  # from scratch: no stale records of an earlier attempt
+            _discard_run(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.json", json.dumps(info, indent=1))
     args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
@@ -312,10 +483,10 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
         report_to="none",
         remove_unused_columns=False,
         label_names=["labels"],
-        fp16=precision == "fp16",
-        optim=optimizer,
-        use_cpu=device == "cpu",
-        ddp_backend="gloo" if device == "cpu" and info["world_size"] > 1 else None,
+        fp16=setup["precision"] == "fp16",
+        optim=setup["optimizer"],
+        use_cpu=setup["device"] == "cpu",
+        ddp_backend="gloo" if setup["device"] == "cpu" and setup["world_size"] > 1 else None,
         seed=config.seed,
         data_seed=config.seed,
         disable_tqdm=not progress,
@@ -332,8 +503,7 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
     )
     if not progress:  # the Trainer prints every log dict (with timings) when its bars are off
         trainer.remove_callback(PrinterCallback)
-    resume = any((run_dir / "checkpoints").glob("checkpoint-*"))
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     if trainer.is_world_process_zero():
         adapter_tmp = run_dir / ".adapter.tmp"
         trainer.model.save_pretrained(adapter_tmp)
@@ -367,10 +537,10 @@ def load_finetuned(run_dir: str | os.PathLike):
 
 def _check_fingerprint(run_dir: Path, stored: dict[str, Any], fingerprint: str) -> None:
     if stored.get("base_fingerprint") != fingerprint:
-        raise ValueError(
+        raise _RunDirError(
             f"{run_dir} was fine-tuned from another base model (fingerprint {stored.get('base_fingerprint')!r}, "
-            f"now {fingerprint!r}: GPSLIB_CACHE changed or the base model was retrained); delete the run "
-            f"directory to train it again"
+            f"now {fingerprint!r}: GPSLIB_CACHE changed or the base model was retrained); train it again with "
+            f"restart=True (--restart), or delete the run directory"
         )
 
 
@@ -383,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, help="where the run's files go (resumed if present)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set epochs=3 (values are JSON, else strings)")
+    parser.add_argument("--restart", action="store_true",
+                        help="discard the run's files in --run-dir (finished or not) and train from scratch")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -399,7 +571,10 @@ def main(argv: list[str] | None = None) -> int:
         config = config_for_profile(args.profile, **overrides)
     except ValueError as err:
         parser.error(str(err))
-    table = finetune(config, args.run_dir, progress=not args.no_progress)
+    try:
+        table = finetune(config, args.run_dir, progress=not args.no_progress, restart=args.restart)
+    except _RunDirError as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     if int(os.environ.get("RANK", "0")) == 0:
         print(table.to_string(index=False))
     return 0

@@ -178,3 +178,127 @@ def test_a_run_refuses_a_different_base_model(finished_run, base_dir, tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps(moved))
     with pytest.raises(ValueError, match="another base model"):
         ft.finetune(tiny(other, reorder="cosine"), tmp_path / "run", progress=False)
+
+
+# --------------------------------------------------------------------------- interrupted runs (issue 13)
+def _interrupted_copy(run_dir, tmp_path):
+    """A copy of a finished run as a kill before adapter/ and done.json would leave it."""
+    copy = tmp_path / "interrupted"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "adapter")
+    (copy / "done.json").unlink()
+    return copy
+
+
+def _tree(path):
+    return {p.relative_to(path): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_an_unfinished_run_refuses_changed_settings_naming_them(finished_run, base_dir, tmp_path):
+    run_dir = _interrupted_copy(finished_run[0], tmp_path)
+    before = _tree(run_dir)
+    with pytest.raises(ValueError, match="unfinished run") as err:
+        ft.finetune(tiny(base_dir, reorder="none", learning_rate=0.01), run_dir, progress=False)
+    assert "reorder: 'cosine' -> 'none'" in str(err.value) and "learning_rate: 0.0001 -> 0.01" in str(err.value)
+    assert "restart" in str(err.value)
+    assert _tree(run_dir) == before  # nothing resumed, nothing rewritten
+
+
+def test_an_unfinished_run_refuses_another_base_model(finished_run, base_dir, tmp_path):
+    run_dir = _interrupted_copy(finished_run[0], tmp_path)
+    info = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**info, "base_fingerprint": "0" * 16}))
+    with pytest.raises(ValueError, match="base model fingerprint: '0000000000000000' -> "):
+        ft.finetune(tiny(base_dir, reorder="cosine"), run_dir, progress=False)
+    assert not (run_dir / "done.json").exists()
+
+
+def test_cli_refuses_changed_settings_and_restart_trains_afresh(finished_run, base_dir, tmp_path, capsys):
+    run_dir = _interrupted_copy(finished_run[0], tmp_path)
+    (run_dir / "notes.txt").write_text("mine")
+    args = ["--profile", "smoke", "--reorder", "none", "--run-dir", str(run_dir), "--no-progress",
+            "--set", f"model={base_dir}", "--set", "train_samples=4", "--set", "eval_samples=4",
+            "--set", "gen_samples=2", "--set", "epochs=1", "--set", "max_new_tokens=4"]
+    with pytest.raises(SystemExit) as refused:
+        ft.main(args)
+    assert refused.value.code == 2 and "reorder: 'cosine' -> 'none'" in capsys.readouterr().err
+    assert ft.main(args + ["--restart"]) == 0
+    info = json.loads((run_dir / "config.json").read_text())
+    assert info["settings"]["reorder"] == "none" and info["settings"]["epochs"] == 1
+    assert json.loads((run_dir / "done.json").read_text())["steps"] == 1
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["checkpoint-1"]
+    assert len(json.loads((run_dir / "epochs.json").read_text())) == 1
+    assert (run_dir / "notes.txt").read_text() == "mine"  # only the run's own files are discarded
+
+
+def test_an_incomplete_checkpoint_is_skipped_with_a_warning_and_removed(finished_run, base_dir, tmp_path):
+    run_dir, table = finished_run
+    run_dir = _interrupted_copy(run_dir, tmp_path)
+    checkpoints = run_dir / "checkpoints"
+    # a kill while checkpoint-5 was written (no trainer_state.json) and while checkpoint-6's was (half of it)
+    shutil.copytree(checkpoints / "checkpoint-4", checkpoints / "checkpoint-5")
+    (checkpoints / "checkpoint-5" / "trainer_state.json").unlink()
+    shutil.copytree(checkpoints / "checkpoint-4", checkpoints / "checkpoint-6")
+    state = (checkpoints / "checkpoint-6" / "trainer_state.json").read_text()
+    (checkpoints / "checkpoint-6" / "trainer_state.json").write_text(state[: len(state) // 2])
+    with pytest.warns(UserWarning, match=r"\['checkpoint-6', 'checkpoint-5'\].*resuming from checkpoint-4"):
+        again = ft.finetune(tiny(base_dir, reorder="cosine"), run_dir, progress=False)
+    assert not (checkpoints / "checkpoint-5").exists() and not (checkpoints / "checkpoint-6").exists()
+    assert json.loads((run_dir / "done.json").read_text())["steps"] == 4
+    assert again.equals(table)
+
+
+@pytest.mark.parametrize("damage", ["no_state", "truncated_state", "wrong_step", "no_optimizer", "no_rng"])
+def test_only_complete_checkpoints_count_and_none_means_from_scratch(finished_run, tmp_path, damage):
+    checkpoints = tmp_path / "checkpoints"
+    shutil.copytree(finished_run[0] / "checkpoints" / "checkpoint-4", checkpoints / "checkpoint-4")
+    assert ft._newest_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-4"
+    path = checkpoints / "checkpoint-4"
+    if damage == "no_state":
+        (path / "trainer_state.json").unlink()
+    elif damage == "truncated_state":
+        (path / "trainer_state.json").write_text((path / "trainer_state.json").read_text()[:40])
+    elif damage == "wrong_step":
+        path.rename(checkpoints / "checkpoint-3")
+    elif damage == "no_optimizer":
+        (path / "optimizer.pt").unlink()
+    else:
+        for rng in path.glob("rng_state*.pth"):
+            rng.unlink()
+    with pytest.warns(UserWarning, match="starting from scratch"):
+        assert ft._newest_complete_checkpoint(checkpoints) is None
+    assert not any(checkpoints.iterdir())
+
+
+# --------------------------------------------------------------------------- settings checked first (issue 13)
+@pytest.mark.parametrize(
+    "key, value, match",
+    [("threshold", 5, "threshold=5"), ("placement", "middle", "'middle'"),
+     ("gps", {"sinkhorn_iters": 0}, "sinkhorn_iters=0"), ("gps", {"n_iters": 5}, "'n_iters'"),
+     ("position_scheme", "spiral", "'spiral'"), ("model_profile", "laptop", "'laptop'"),
+     ("model", "/no/such/model", "model='/no/such/model'"), ("data", "/no/such/data", "data='/no/such/data'"),
+     ("learning_rate", "fast", "learning_rate='fast'"), ("early_stopping_patience", 0.5, "0.5"),
+     ("lora_alpha", 0, "lora_alpha=0"), ("seed", -1, "seed=-1")],
+)
+def test_every_setting_is_checked_before_a_model_is_built_or_a_directory_made(tmp_path, monkeypatch, capsys, key,
+                                                                              value, match):
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a base model was resolved, trained or loaded before the settings were checked")
+
+    for name in ("base_model_source", "base_model_dir", "_load_base"):
+        monkeypatch.setattr(ft, name, must_not_run)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:  # the CLI: the smoke profile's embedded model is never trained
+        ft.main(["--profile", "smoke", "--run-dir", str(run_dir), "--set", f"{key}={json.dumps(value)}"])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+    with pytest.raises(ValueError, match=match.replace("[", r"\[")):  # the function: FinetuneConfig as given
+        ft.finetune(ft.FinetuneConfig(**{key: value}), run_dir, progress=False)
+    assert not run_dir.exists()
+
+
+def test_a_run_whose_base_model_fails_to_load_leaves_no_directory(tmp_path):
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    with pytest.raises((OSError, ValueError)):
+        ft.finetune(ft.FinetuneConfig(model=str(empty)), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
