@@ -21,38 +21,61 @@ import warnings
 from pathlib import Path
 
 from transformers import Trainer
+from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
 
-__all__ = ["latest_complete_checkpoint", "ResumableTrainer"]
+__all__ = ["checkpoint_is_complete", "latest_complete_checkpoint", "ResumableTrainer"]
 
-_REQUIRED = ("trainer_state.json",)
+# files without which a Trainer checkpoint cannot resume exactly (trainer_state.json is written last)
+CHECKPOINT_FILES = (TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME)
+CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
 
 
-def _complete(folder: Path) -> bool:
+def _checkpoint_step(path: Path) -> int | None:
+    match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+    return int(match.group(1)) if match and path.is_dir() else None
+
+
+def checkpoint_is_complete(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds everything a Trainer checkpoint resumes from, with a readable trainer state.
+
+    The Trainer writes the weights, optimizer, scheduler and RNG state first and
+    ``trainer_state.json`` last (not atomically), so a kill while saving leaves a folder
+    without it or with a truncated one; a kill while old checkpoints are rotated away leaves
+    one with files missing.
+    """
+    path = Path(path)
+    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
+        return False
+    if not any((path / name).is_file() for name in CHECKPOINT_WEIGHTS) or not any(path.glob("rng_state*.pth")):
+        return False
     try:
-        json.loads((folder / "trainer_state.json").read_text())
+        state = json.loads((path / TRAINER_STATE_NAME).read_text())
     except (OSError, ValueError):
         return False
-    return any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))
+    return isinstance(state, dict) and state.get("global_step") == _checkpoint_step(path)
 
 
-def latest_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The newest complete ``checkpoint-<step>`` in ``output_dir`` (a path), or None.
+def latest_complete_checkpoint(checkpoints: str | os.PathLike, remove: bool = True) -> Path | None:
+    """The complete ``checkpoint-*`` in ``checkpoints`` with the most steps, or None.
 
-    Incomplete checkpoints (no readable ``trainer_state.json`` or no weights) are removed,
-    with a warning naming each one.
+    Incomplete ones are named in a warning and, with ``remove`` (the main process of a
+    distributed run), deleted.
     """
-    output_dir = Path(output_dir)
-    if not output_dir.is_dir():
+    checkpoints = Path(checkpoints)
+    if not checkpoints.is_dir():
         return None
-    found = sorted((int(m.group(1)), p) for p in output_dir.iterdir()
-                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
-    for _, folder in reversed(found):
-        if _complete(folder):
-            return str(folder)
-        warnings.warn(f"skipping the incomplete checkpoint {folder} (interrupted while it was written); removing it",
-                      RuntimeWarning, stacklevel=2)
-        shutil.rmtree(folder, ignore_errors=True)
-    return None
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if _checkpoint_step(p) is not None),
+                   key=_checkpoint_step, reverse=True)
+    complete = [p for p in found if checkpoint_is_complete(p)]
+    incomplete = [p for p in found if p not in complete]
+    if incomplete:
+        newest = f"resuming from {complete[0].name}" if complete else "starting from scratch"
+        warnings.warn(f"skipping incomplete checkpoints {[p.name for p in incomplete]} in {checkpoints} "
+                      f"(interrupted while being written or removed); {newest}; removing them", stacklevel=2)
+        if remove:
+            for path in incomplete:
+                shutil.rmtree(path, ignore_errors=True)
+    return complete[0] if complete else None
 
 
 class ResumableTrainer(Trainer):

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from gpslib.data import VQACollator
 from gpslib.generation import unwrap_model
 from gpslib.intervals import bootstrap_ci, paired_bootstrap_difference
+from gpslib.metrics import answer_log_likelihood
 from gpslib.reordering_config import LAYOUTS
 from gpslib.shapes_vqa import CHANCE, answer_correct
 
@@ -74,15 +75,6 @@ def collate_questions(processor, rows: Sequence[dict], batch_size: int) -> list[
     return out
 
 
-def _answer_loglik(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean log-probability of each row's labelled tokens: logits (B, T, V), labels (B, T) -> (B,)."""
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    target = labels[:, 1:]
-    mask = target != -100
-    picked = logp.gather(-1, target.clamp_min(0)[..., None]).squeeze(-1)  # (B, T-1)
-    return (picked * mask).sum(1) / mask.sum(1).clamp_min(1)
-
-
 @torch.no_grad()
 def score_condition(model, processor, batches, settings: dict, max_new_tokens: int = 16) -> pd.DataFrame:
     """Answers and answer log-likelihoods of ``model`` with the config fields ``settings``.
@@ -103,7 +95,8 @@ def score_condition(model, processor, batches, settings: dict, max_new_tokens: i
             out = model.generate(**g, max_new_tokens=max_new_tokens, do_sample=False)
             texts = processor.tokenizer.batch_decode(out[:, g["input_ids"].shape[1]:], skip_special_tokens=True)
             t = {k: v.to(device) for k, v in train.items()}
-            loglik = _answer_loglik(model(**t).logits, t["labels"]).tolist()
+            total, count = answer_log_likelihood(model(**t).logits, t["labels"])
+            loglik = (total / count.clamp_min(1)).tolist()
             for row, text, ll in zip(rows, texts, loglik):
                 qtype = row["question_type"]
                 records.append({"question_type": qtype, "generated": text.strip(), "loglik": ll,

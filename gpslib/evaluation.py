@@ -25,7 +25,7 @@ from gpslib.data import VQACollator
 from gpslib.finetune import FinetuneConfig, load_data, load_finetuned
 from gpslib.generation import predict
 from gpslib.intervals import mean_ci
-from gpslib.metrics import compute_metrics, validation_loss
+from gpslib.metrics import answer_log_likelihood, compute_metrics
 from gpslib.shapes_vqa import CHANCE, SHORT_ANSWER_TYPES
 
 __all__ = ["accuracy_table", "image_reliance", "evaluate_run", "summarise_runs"]
@@ -79,12 +79,17 @@ def image_reliance(model, processor, dataset, batch_size: int = 32, seed: int = 
     return {"loss": own / n, "shuffled_loss": shuffled / n, "gap": (shuffled - own) / n}
 
 
-def evaluate_run(run_dir: str | os.PathLike, num_samples: int | None = None, batch_size: int = 16,
-                 progress: bool = False) -> dict:
-    """Validation loss, Table 3's metrics and answer accuracy of a finished run (cached in eval.json).
+def evaluate_run(run_dir: str | os.PathLike, num_samples: int | None = None, batch_size: int = 50) -> dict:
+    """Table 3's numbers of a finished run on held-out prompts, per prompt and overall (cached in eval.json).
 
-    ``num_samples``: how many held-out prompts to generate answers for (default: the
-    run's ``gen_samples``). Returns ``{"metrics": {...}, "predictions": [...]}``.
+    ``num_samples`` held-out prompts (default: the run's ``gen_samples``) are scored twice:
+    teacher forced (the answer's token log-likelihood: the validation loss) and by greedy
+    generation (the metrics of Table 3, :func:`gpslib.metrics.compute_metrics`, and, where
+    the data has short answers, accuracy). Returns ``{"num_samples", "metrics": {...},
+    "per_prompt": {column: [value per prompt]}, "predictions": [...]}``; ``metrics`` holds
+    the corpus values, ``val_loss`` the token-weighted mean over the prompts; ``per_prompt``
+    holds ``nll`` (the prompt's mean answer-token loss), ``correct`` (1/0, NaN without a
+    short answer) and each metric with sample scores, for paired intervals over prompts.
     """
     run_dir = Path(run_dir)
     cache = run_dir / "eval.json"
@@ -92,24 +97,29 @@ def evaluate_run(run_dir: str | os.PathLike, num_samples: int | None = None, bat
     n = num_samples or config.gen_samples
     if cache.exists():
         stored = json.loads(cache.read_text())
-        if stored.get("num_samples") == n:
+        if stored.get("num_samples") == n and "per_prompt" in stored:
             return stored
     model, processor = load_finetuned(run_dir)
-    image_size = model.config.vision_config.image_size
-    held_out = load_data(config, "test", max(n, config.eval_samples), image_size)
-    grounding = config.reorder == "oracle"
-    collate = VQACollator(processor, "train", grounding=grounding)
-    loader = [collate([held_out[i] for i in range(s, min(s + batch_size, config.eval_samples))])
-              for s in range(0, config.eval_samples, batch_size)]
+    held_out = load_data(config, "test", n, model.config.vision_config.image_size)
+    collate = VQACollator(processor, "train", grounding=config.reorder == "oracle")
+    device = next(model.parameters()).device
+    sums, counts = [], []
     with torch.no_grad():
-        val_loss = validation_loss(model, loader)
-    preds = predict(model, processor, held_out.select(range(n)), batch_size=batch_size,
-                    max_new_tokens=config.max_new_tokens)
-    metrics = compute_metrics(preds["generated"].tolist(), preds["answer"].tolist())
-    metrics["val_loss"] = val_loss
-    scored = preds.dropna(subset=["correct"])
-    metrics["accuracy"] = float(scored["correct"].astype(float).mean()) if len(scored) else math.nan
-    result = {"num_samples": n, "metrics": metrics, "predictions": preds.to_dict(orient="records")}
+        for start in range(0, len(held_out), batch_size):
+            rows = [held_out[i] for i in range(start, min(start + batch_size, len(held_out)))]
+            batch = {k: v.to(device) for k, v in collate(rows).items()}
+            total, count = answer_log_likelihood(model(**batch).logits, batch["labels"])
+            sums.append(total.cpu())
+            counts.append(count.cpu())
+    total, count = torch.cat(sums), torch.cat(counts)
+    preds = predict(model, processor, held_out, batch_size=batch_size, max_new_tokens=config.max_new_tokens)
+    metrics, each = compute_metrics(preds["generated"].tolist(), preds["answer"].tolist(), per_sample=True)
+    metrics["val_loss"] = float(-total.sum() / count.sum())
+    correct = preds["correct"].map(lambda c: math.nan if c is None else float(c))
+    metrics["accuracy"] = float(correct.mean()) if correct.notna().any() else math.nan
+    per_prompt = each.assign(nll=(-total / count.clamp_min(1)).tolist(), correct=correct.tolist())
+    result = {"num_samples": n, "metrics": metrics, "per_prompt": per_prompt.to_dict(orient="list"),
+              "predictions": preds.to_dict(orient="records")}
     atomic_write_text(cache, json.dumps(result, indent=1))
     return result
 

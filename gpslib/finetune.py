@@ -32,10 +32,8 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +41,15 @@ import pandas as pd
 import torch
 from huggingface_hub.utils import validate_repo_id
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer import OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME
+from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, TrainingArguments
 
 from gpslib.atomic_files import atomic_write_text
+from gpslib.checkpoints import ResumableTrainer, latest_complete_checkpoint
 from gpslib.data import VQACollator, load_hub_vsft
 from gpslib.generation import predict, unwrap_model
 from gpslib.metrics import paper_bleu
 from gpslib.model import load_model
-from gpslib.pretrain import base_model_dir
+from gpslib.pretrain import BASE_MODELS, base_model_dir
 from gpslib.provenance import code_fingerprint, settings_hash
 from gpslib.reordering_config import REORDERING_FIELDS, STRATEGIES, ReorderingLlavaConfig, check_reordering_settings
 from gpslib.run_profiles import check_profile, profile_settings
@@ -84,7 +82,8 @@ class FinetuneConfig:
     """Everything that defines a run (stored as the run's ``config.json``)."""
 
     model: str = EMBEDDED_NAME
-    model_profile: str = "cpu"  # which embedded base model (see gpslib.pretrain)
+    model_profile: str = "cpu"  # which embedded base model (see gpslib.pretrain) ...
+    base: str = "image_first"  # ... of the two: "image_first" (the paper's protocol) or "mixed" (every layout)
     data: str = "shapes"  # "shapes", a hub id, or a local hub-layout directory
     train_samples: int = 1000
     eval_samples: int = 100
@@ -118,6 +117,8 @@ class FinetuneConfig:
         """
         check_reordering_settings(**self.reordering_settings)
         check_profile(self.model_profile)
+        if self.base not in BASE_MODELS:
+            raise ValueError(f"base must be one of {BASE_MODELS}; got base={self.base!r}")
         _check_source("model", self.model, EMBEDDED_NAME)
         _check_source("data", self.data, "shapes")
         for name in ("train_samples", "eval_samples", "gen_samples", "epochs", "lora_r", "lora_alpha", "batch_size",
@@ -182,14 +183,17 @@ def config_for_profile(profile: str, **overrides) -> FinetuneConfig:
 
 
 def run_dir_for(config: FinetuneConfig, root: str | os.PathLike, name: str) -> Path:
-    """``root / f"{name}-{key}"``, where ``key`` hashes the run's settings and the code that trains it.
+    """``root / f"{name}-{key}"``, where ``key`` hashes the run's settings, the code that trains it
+    and the torch thread count.
 
     A run directory is reused when its run finished (and resumed when it did not), so its
-    name carries everything that determines the result: changed settings or changed code
-    (:mod:`gpslib.finetune` or any gpslib module it imports) get a new directory instead of
-    a stale run. The base model is checked separately by its weights' fingerprint.
+    name carries everything that determines the result: changed settings, changed code
+    (:mod:`gpslib.finetune` or any gpslib module it imports) or another thread count get a
+    new directory instead of a stale run. The base model is checked separately by its
+    weights' fingerprint.
     """
-    key = settings_hash({"settings": dataclasses.asdict(config.validate()), "code": code_fingerprint("gpslib.finetune")})
+    key = settings_hash({"settings": dataclasses.asdict(config.validate()), "code": code_fingerprint("gpslib.finetune"),
+                         "threads": torch.get_num_threads()})
     return Path(root) / f"{name}-{key[:10]}"
 
 
@@ -228,7 +232,7 @@ def base_model_source(config: FinetuneConfig) -> tuple[str, str]:
     """
     source = config.model
     if source == EMBEDDED_NAME:
-        source = base_model_dir(config.model_profile, progress=False)
+        source = base_model_dir(config.model_profile, base=config.base, progress=False)
     weights = Path(source) / "model.safetensors"
     if weights.is_file():
         return source, hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
@@ -299,11 +303,6 @@ def _callbacks(config: FinetuneConfig, run_dir: Path, processor, gen_rows, progr
 # what a run writes into its directory (a restart or a fresh start discards exactly these)
 RUN_FILES = ("done.json", "config.json", "epochs.json", "bleu.json", "log_history.json", "eval.json", "adapter",
              ".adapter.tmp", "checkpoints")
-# files without which a Trainer checkpoint cannot resume exactly (trainer_state.json is written last)
-CHECKPOINT_FILES = (TRAINER_STATE_NAME, OPTIMIZER_NAME, SCHEDULER_NAME)
-CHECKPOINT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
-
-
 class _RunDirError(ValueError):
     """``run_dir`` holds a run this one may not reuse or resume; the message says what differs and what to do."""
 
@@ -321,46 +320,6 @@ def _setup() -> dict[str, Any]:
 
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    match = re.fullmatch(r"checkpoint-(\d+)", path.name)
-    return int(match.group(1)) if match and path.is_dir() else None
-
-
-def _checkpoint_is_complete(path: Path) -> bool:
-    """Whether ``path`` holds everything a Trainer checkpoint resumes from, with a readable trainer state.
-
-    The Trainer writes the weights, optimizer, scheduler and RNG state first and
-    ``trainer_state.json`` last (not atomically), so a kill while saving leaves a folder
-    without it or with a truncated one; a kill while old checkpoints are rotated away leaves
-    one with files missing.
-    """
-    if not all((path / name).is_file() for name in CHECKPOINT_FILES):
-        return False
-    if not any((path / name).is_file() for name in CHECKPOINT_WEIGHTS) or not any(path.glob("rng_state*.pth")):
-        return False
-    try:
-        state = json.loads((path / TRAINER_STATE_NAME).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(state, dict) and state.get("global_step") == _checkpoint_step(path)
-
-
-def _newest_complete_checkpoint(checkpoints: Path) -> Path | None:
-    """The complete ``checkpoint-*`` with the most steps; incomplete ones are removed with a warning naming them."""
-    found = sorted((p for p in checkpoints.glob("checkpoint-*") if _checkpoint_step(p) is not None),
-                   key=_checkpoint_step, reverse=True)
-    complete = [p for p in found if _checkpoint_is_complete(p)]
-    incomplete = [p for p in found if p not in complete]
-    if incomplete:
-        newest = f"resuming from {complete[0].name}" if complete else "starting from scratch"
-        warnings.warn(f"skipping incomplete checkpoints {[p.name for p in incomplete]} in {checkpoints} "
-                      f"(interrupted while being written or removed); {newest}; removing them", stacklevel=3)
-        if _is_main_process():
-            for path in incomplete:
-                shutil.rmtree(path, ignore_errors=True)
-    return complete[0] if complete else None
 
 
 def _differences(stored: dict[str, Any], settings: dict[str, Any], setup: dict[str, Any] | None = None,
@@ -384,7 +343,7 @@ def _resume_point(run_dir: Path, settings: dict[str, Any], setup: dict[str, Any]
     Raises ValueError naming every difference when the run was started with other settings,
     on another setup or from another base model.
     """
-    checkpoint = _newest_complete_checkpoint(run_dir / "checkpoints")
+    checkpoint = latest_complete_checkpoint(run_dir / "checkpoints", remove=_is_main_process())
     if checkpoint is None:
         return None
     hint = "resume it with its own settings, choose another run_dir, or pass restart=True (--restart) to discard it"
@@ -493,7 +452,7 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
         dataloader_num_workers=0,
     )
     grounding = config.reorder == "oracle"
-    trainer = Trainer(
+    trainer = ResumableTrainer(
         model=model,
         args=args,
         train_dataset=train,

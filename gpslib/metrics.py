@@ -51,6 +51,7 @@ __all__ = [
     "paper_bleu",
     "compute_metrics",
     "validation_loss",
+    "answer_log_likelihood",
     "require_java",
 ]
 
@@ -361,6 +362,21 @@ def compute_metrics(predictions, references, bertscore_model: str | None = None,
     out = {k: float(sum(v) / len(v)) for k, v in each.items()} | corpus
     out = {k: out[k] for k in METRIC_NAMES}
     return (out, pd.DataFrame(each)) if per_sample else out
+
+
+def answer_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each row's labelled tokens, and their count.
+
+    logits (B, T, V) of a causal LM, labels (B, T) (-100 = not scored; position t is
+    predicted from position t - 1). Returns (sum (B,) float64, count (B,) long); the mean
+    ``-sum.sum() / count.sum()`` is the model's language-modelling loss. For a reordering
+    model the answer tokens never move, so labels on the answer read the same positions.
+    """
+    logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)  # (B, T-1, V)
+    target = labels[:, 1:]
+    mask = target != -100
+    picked = logp.gather(-1, target.clamp_min(0)[..., None]).squeeze(-1)  # (B, T-1)
+    return (picked * mask).sum(1), mask.sum(1)
 
 
 @torch.no_grad()
