@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["PROFILES", "SETTINGS", "check_profile", "profile_settings", "publishes_figures"]
+__all__ = ["PROFILES", "SETTINGS", "check_profile", "profile_settings", "publishes_figures", "model_label"]
 
 PROFILES: tuple[str, ...] = ("smoke", "cpu", "paper")
 
@@ -65,6 +65,17 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                   "train_samples": 7000, "eval_samples": 100, "gen_samples": 100, "epochs": 5,
                   "batch_size": 4, "grad_accum": 4, "max_new_tokens": 64, "early_stopping_patience": 2,
                   "seeds": [0, 1, 2], "table2_epochs": 10},
+    },
+    # notebooks/06_distance.ipynb, gpslib.distance (paper Section 1: does RoPE distance matter?):
+    # held-out short-answer questions, the position gaps, and the questions of the attention analysis.
+    # `paper` asks the hub model ShapesVQA's questions at its own image size (zero-shot).
+    "distance": {
+        "smoke": {"n_questions": 12, "gaps": [0, 64, 1024], "batch_size": 12, "max_new_tokens": 12,
+                  "attention_questions": 6},
+        "cpu": {"n_questions": 600, "gaps": [0, 16, 64, 256, 512, 1024], "batch_size": 100, "max_new_tokens": 16,
+                "attention_questions": 200},
+        "paper": {"n_questions": 600, "gaps": [0, 16, 64, 256, 512, 1024], "batch_size": 16, "max_new_tokens": 32,
+                  "attention_questions": 100},
     },
     # notebooks/05_metric_tables.ipynb, gpslib.table3 (paper Section 4.4, Table 3): the arms
     # (gpslib.table3.ARMS) with their strategies, the seeds of each strategy, and how many
@@ -137,3 +148,11 @@ def profile_settings(section: str, profile: str) -> dict[str, Any]:
 def publishes_figures(profile: str) -> bool:
     """Whether a run in ``profile`` writes into ``figures/`` (``cpu`` and ``paper`` only)."""
     return check_profile(profile) != "smoke"
+
+
+def model_label(profile: str) -> str:
+    """What a figure of ``profile`` shows, for its title: the model and the profile."""
+    check_profile(profile)
+    return {"smoke": "test-size random model, smoke profile",
+            "cpu": "embedded model (trained here on ShapesVQA), cpu profile",
+            "paper": f"TinyLLaVA ({SETTINGS['pretrain']['paper']['model']}), paper profile"}[profile]
