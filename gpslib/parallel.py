@@ -14,6 +14,10 @@ import multiprocessing
 import os
 from typing import Any, Callable, Sequence
 
+import torch
+
+from gpslib.runtime import quiet_libraries
+
 __all__ = ["default_workers", "run_in_processes"]
 
 
@@ -28,9 +32,8 @@ def default_workers() -> int:
 
 
 def _init_worker() -> None:
-    import torch
-
     torch.set_num_threads(1)
+    quiet_libraries()
 
 
 def run_in_processes(fn: Callable[[Any], Any], jobs: Sequence[Any], workers: int | None = None) -> list[Any]:

@@ -24,7 +24,7 @@ import torch
 
 from gpslib.run_profiles import check_profile
 
-__all__ = ["setup", "seed_everything", "default_threads"]
+__all__ = ["setup", "seed_everything", "default_threads", "quiet_libraries"]
 
 
 def default_threads() -> int:
@@ -48,7 +48,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """No weight-loading progress bars or info chatter from transformers/datasets in notebook output."""
     import transformers
 
@@ -76,7 +76,7 @@ def setup(profile: str, seed: int = 0, threads: int | None = None, verbose: bool
     np.set_printoptions(precision=4, suppress=True)
     pd.set_option("display.precision", 4)
     torch.set_printoptions(precision=4, sci_mode=False)
-    _quiet_libraries()
+    quiet_libraries()
     if verbose:
         print(f"profile={profile} seed={seed} torch={torch.__version__} threads={torch.get_num_threads()}")
     return profile
