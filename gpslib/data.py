@@ -390,6 +390,20 @@ class VQACollator:
         """Text-token index per image token for the row's grounding (see the class docstring)."""
         return self.grounding_maps(row)["assignment"]
 
+    def grounding_tensors(self, rows: list[dict[str, Any]], n_text: int):
+        """:meth:`grounding_maps` of ``rows`` as tensors: image_object (B, M), text_object (B, n_text)
+        (padded with -1) and assignment (B, M). Raises ValueError when a row has more than
+        ``n_text`` prompt text tokens (its maps would not line up with the model's)."""
+        import torch
+
+        maps = [self.grounding_maps(row) for row in rows]
+        too_long = [i for i, g in enumerate(maps) if len(g["text_object"]) > n_text]
+        if too_long:
+            raise ValueError(f"rows {too_long} have more than n_text={n_text} prompt text tokens")
+        return (torch.tensor([g["image_object"] for g in maps]),
+                torch.tensor([g["text_object"] + [-1] * (n_text - len(g["text_object"])) for g in maps]),
+                torch.tensor([g["assignment"] for g in maps]))
+
     def grounding_maps(self, row: dict[str, Any]) -> dict[str, list[int]]:
         """A ShapesVQA row's grounding in token terms.
 

@@ -26,6 +26,7 @@ __all__ = [
     "NEURALSORT_GUMBEL_SINKHORN_EXACT",
     "NEURALSORT_TABLE1",
     "rope_demo_table",
+    "matches_printed",
     "table2",
     "table3",
     "table3_differences",
@@ -145,6 +146,14 @@ NEURALSORT_TABLE1: dict[str, dict[str, dict[int, float]]] = {
 }
 # The Gumbel-Sinkhorn exact row alone (notebook 03's toy sorting table reads it).
 NEURALSORT_GUMBEL_SINKHORN_EXACT: dict[int, float] = NEURALSORT_TABLE1["Gumbel-Sinkhorn"]["exact"]
+
+
+def matches_printed(ours: float, printed: float, decimals: int) -> bool:
+    """Whether ``ours`` is what the paper printed, to the decimals it printed (``round(ours) == printed``).
+
+    The paper's 1.4 stands for any value in [1.35, 1.45); nothing closer can be read from it.
+    """
+    return round(float(ours), decimals) == round(float(printed), decimals)
 
 
 def rope_demo_table(ours: dict[str, float]) -> pd.DataFrame:

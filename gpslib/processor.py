@@ -35,6 +35,7 @@ from gpslib.shapes_vqa import make_sample
 __all__ = [
     "PAD_TOKEN",
     "shapes_corpus",
+    "corpus_token_ids",
     "train_tokenizer",
     "build_image_processor",
     "make_llava_processor",
@@ -54,6 +55,15 @@ def shapes_corpus(num_samples: int = 10000, seed: int = 0) -> list[str]:
         row = make_sample(i, seed=seed, split="train", with_image=False)
         texts.append(format_example(row["messages"][0]["content"][1]["text"], row["messages"][1]["content"][0]["text"]))
     return texts
+
+
+def corpus_token_ids(tokenizer, num_samples: int = 2000, seed: int = 0) -> list[int]:
+    """The token ids ``tokenizer`` produces on ShapesVQA's training texts: the tokens a model trained
+    on them has seen (sorted). The byte-fallback and filler tokens of the vocabulary are not among them."""
+    seen = set()
+    for ids in tokenizer(shapes_corpus(num_samples, seed), add_special_tokens=False)["input_ids"]:
+        seen.update(ids)
+    return sorted(seen)
 
 
 @functools.lru_cache(maxsize=4)

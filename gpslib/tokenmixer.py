@@ -31,6 +31,7 @@ __all__ = [
     "similarity_stats",
     "random_assignment_like",
     "grounding_scores",
+    "threshold_sweep",
 ]
 
 PLACEMENTS = ("before", "after")
@@ -232,3 +233,27 @@ def grounding_scores(
         "n_correct": n_correct,
         "n_nameable": n_nameable,
     }
+
+
+def threshold_sweep(image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_mask: torch.Tensor,
+                    image_object: torch.Tensor, text_object: torch.Tensor, thresholds, seed: int = 0):
+    """TokenMixer against the grounding, per threshold: how many image tokens move and how many rightly.
+
+    image_embeds (B, M, D), text_embeds (B, N, D), text_mask (B, N); image_object (B, M) and
+    text_object (B, N) as :func:`grounding_scores` takes them. Returns a DataFrame indexed by
+    threshold with the fraction moved, precision and recall, and ``random precision``: the
+    precision of as many tokens moved to random words (:func:`random_assignment_like`, seeds
+    ``seed + row``), the floor a similarity with no grounding in it reaches.
+    """
+    import pandas as pd
+
+    n_text = text_mask.sum(1)
+    seeds = seed + torch.arange(text_mask.shape[0])
+    records = []
+    for th in thresholds:
+        assignment, _ = cosine_assignment(image_embeds, text_embeds, th, text_mask)
+        scores = grounding_scores(assignment, image_object, text_object)
+        random = grounding_scores(random_assignment_like(assignment, n_text, seeds), image_object, text_object)
+        records.append({"threshold": float(th), "moved": scores["moved"], "precision": scores["precision"],
+                        "recall": scores["recall"], "random precision": random["precision"]})
+    return pd.DataFrame(records).set_index("threshold")

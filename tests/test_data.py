@@ -317,3 +317,16 @@ def test_generation_prompt_is_never_truncated(processor):
         VQACollator(processor, mode="generate", max_length=n - 1)(rows)
     ids = VQACollator(processor, mode="generate", max_length=n)(rows)["input_ids"][0]
     assert processor.tokenizer.decode(ids[ids != 768]).endswith("ASSISTANT:")
+
+
+def test_grounding_tensors_stack_the_maps_and_pad_the_text_with_minus_one(processor, rows):
+    collate = VQACollator(processor, "generate", grounding=True)
+    maps = [collate.grounding_maps(r) for r in rows]
+    n = max(len(g["text_object"]) for g in maps)
+    image_object, text_object, assignment = collate.grounding_tensors(rows, n + 2)
+    assert image_object.tolist() == [g["image_object"] for g in maps]
+    assert assignment.tolist() == [g["assignment"] for g in maps]
+    for row, g in zip(text_object.tolist(), maps):
+        assert row == g["text_object"] + [-1] * (n + 2 - len(g["text_object"]))
+    with pytest.raises(ValueError, match="n_text=1"):
+        collate.grounding_tensors(rows, 1)

@@ -35,3 +35,11 @@ def test_the_papers_similarity_excerpt_lies_below_the_threshold():
     summary = paper.similarity_excerpt_summary()
     assert summary["max"] == 0.0433 and summary["min"] == -0.0213  # the printed corner's extremes
     assert summary["fraction_at_or_above_threshold"] == 0.0  # "well below" tau_align, as Section 4.4 says
+
+
+def test_a_value_matches_the_paper_only_where_it_rounds_to_the_printed_decimal():
+    from gpslib.paper import matches_printed
+
+    assert matches_printed(1.449, 1.4, 1) and matches_printed(1.35, 1.4, 1)
+    assert not matches_printed(1.502, 1.4, 1) and not matches_printed(-1.6264, -1.7, 1)
+    assert matches_printed(0.30301, 0.3030, 4) and not matches_printed(0.3031, 0.3030, 4)

@@ -66,3 +66,13 @@ def test_bad_sizes_raise_value_errors():
         train_tokenizer(100)
     with pytest.raises(ValueError, match="patch_size 10"):
         num_image_tokens(64, 10)
+
+
+def test_corpus_tokens_are_what_the_training_texts_encode_to_and_no_byte_fallbacks(tok):
+    from gpslib.processor import corpus_token_ids
+
+    ids = corpus_token_ids(tok, num_samples=300)
+    assert set(tok("What colour is the circle? ASSISTANT:", add_special_tokens=False).input_ids) <= set(ids)
+    assert ids == sorted(set(ids)) and len(ids) < len(tok) // 2
+    names = tok.convert_ids_to_tokens(ids)
+    assert "▁circle" in names and not any(n.startswith("<0x") or n.startswith("<unused") for n in names)

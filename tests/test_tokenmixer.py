@@ -11,6 +11,7 @@ from gpslib.tokenmixer import (
     grouped_order,
     random_assignment_like,
     similarity_stats,
+    threshold_sweep,
 )
 
 
@@ -146,3 +147,15 @@ def test_random_control_moves_as_many_tokens_to_real_words_and_repeats_per_seed(
     assert all(int(out[b].max()) < int(n_text[b]) for b in range(3))
     assert torch.equal(random_assignment_like(assignment[2:], n_text[2:], seeds[2:]), out[2:])  # alone = in a batch
     assert not torch.equal(random_assignment_like(assignment, n_text, seeds + 1), out)
+
+
+def test_threshold_sweep_counts_moves_and_right_moves_per_threshold():
+    image = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]]])  # patches of objects 0, 1, 0
+    text = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]])  # words naming objects 0, 1, nothing
+    image_object, text_object = torch.tensor([[0, 1, 0]]), torch.tensor([[0, 1, -1]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    sweep = threshold_sweep(image, text, mask, image_object, text_object, [-1.0, 0.999, 1.0])
+    assert sweep.loc[-1.0, "moved"] == 1.0 and sweep.loc[-1.0, "precision"] == 1.0  # every patch to its own word
+    assert sweep.loc[0.999, "moved"] == pytest.approx(2 / 3)  # the third patch's best similarity is 0.995
+    assert sweep.loc[1.0, "moved"] == pytest.approx(2 / 3) and sweep.loc[-1.0, "recall"] == 1.0
+    assert 0.0 <= sweep.loc[-1.0, "random precision"] <= 1.0
