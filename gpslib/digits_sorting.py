@@ -52,6 +52,7 @@ from tqdm import tqdm
 from gpslib import paper
 from gpslib.gps import GPSSettings, GumbelPermutationSinkformer
 from gpslib.intervals import mean_ci
+from gpslib.parallel import run_in_processes
 from gpslib.permutation_learning import permutation_loss, sinusoid_code, sorting_metrics
 from gpslib.sinkhorn import hard_permutation, order_to_perm_matrix, tau_schedule
 
@@ -344,40 +345,32 @@ def run_digits_sorting(
     return df
 
 
-def run_digits_benchmark(settings: dict, device: str | torch.device = "cpu", progress: bool = False,
-                         num_threads: int | None = 1) -> pd.DataFrame:
+def _run_one(job: tuple[int, int, dict, str]) -> dict:
+    n, seed, settings, device = job
+    h = run_digits_sorting(n, seed=seed, device=device, progress=False, **settings)
+    return {"n": n, "seed": seed, **{k: h.attrs[k] for k in METRICS}, "seconds": h.attrs["seconds"]}
+
+
+def run_digits_benchmark(settings: dict, device: str | torch.device = "cpu", workers: int | None = None) -> pd.DataFrame:
     """Every run of the digits benchmark: one row per (n, seed) with its test metrics.
 
     ``settings`` is a profile's ``profile_settings("gps", profile)["digits"]``: ``n_values``,
-    ``seeds`` and the keyword arguments of :func:`run_digits_sorting`. ``num_threads`` sets
-    torch's CPU threads for the runs and restores them afterwards (``None`` leaves them).
+    ``seeds`` and the keyword arguments of :func:`run_digits_sorting`. The runs go to
+    single-threaded worker processes (:func:`gpslib.parallel.run_in_processes`; one on CUDA).
 
     Returns columns n, seed, exact, elementwise, kendall_tau, seconds; ``df.attrs["seconds"]``
     is the wall time of the whole benchmark. The ``cpu`` profile (5 n x 3 seeds) measured
-    93 s of CPU time with one thread; its wall time on the shared 2-core machine was 127 s
-    to 174 s under a load average of 3 to 6 (other jobs running).
+    93 s of CPU time with one thread.
     """
     missing = sorted({"n_values", "seeds"} - set(settings))
     if missing:
         raise ValueError(f"settings lacks {missing}; pass profile_settings('gps', profile)['digits']")
     settings = dict(settings)
     n_values, seeds = settings.pop("n_values"), settings.pop("seeds")
-    old_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
+    device = str(device)
     start = time.perf_counter()
-    try:
-        pools = load_digit_pools()
-        rows = []
-        for n in n_values:
-            for seed in seeds:
-                h = run_digits_sorting(n, seed=seed, pools=pools, device=device, progress=progress,
-                                       **settings)
-                rows.append({"n": n, "seed": seed, **{k: h.attrs[k] for k in METRICS},
-                             "seconds": h.attrs["seconds"]})
-    finally:
-        torch.set_num_threads(old_threads)
-    df = pd.DataFrame(rows)
+    jobs = [(n, seed, settings, device) for n in n_values for seed in seeds]
+    df = pd.DataFrame(run_in_processes(_run_one, jobs, 1 if device.startswith("cuda") else workers))
     df.attrs["seconds"] = time.perf_counter() - start
     return df
 

@@ -169,7 +169,7 @@ def _check_source(name: str, value: Any, builtin: str) -> None:
 
 
 # keys of the "finetune" profile section that steer the notebooks, not one run
-EXPERIMENT_KEYS = ("seeds", "table2_epochs")
+EXPERIMENT_KEYS = ("table2_epochs",)
 
 
 def config_for_profile(profile: str, **overrides) -> FinetuneConfig:

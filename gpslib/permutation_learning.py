@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gpslib.gps import GPSSettings, GumbelPermutationSinkformer
+from gpslib.intervals import mean_ci
+from gpslib.parallel import run_in_processes
 from gpslib.sinkhorn import hard_permutation, order_to_perm_matrix, perm_matrix_to_order, row_error, tau_schedule
 
 __all__ = [
@@ -37,8 +39,10 @@ __all__ = [
     "make_batch",
     "permutation_accuracy",
     "permutation_loss",
+    "experiment_runs",
     "run_all_experiments",
     "run_permutation_learning",
+    "summarise_seeds",
     "sinusoid_code",
     "sorting_metrics",
 ]
@@ -252,34 +256,63 @@ ABLATIONS: dict[str, dict] = {
 }
 
 
-def run_all_experiments(settings: dict, device: str | torch.device = "cpu", progress: bool = True,
-                        seed: int = 0, num_threads: int | None = 1) -> dict[str, pd.DataFrame]:
-    """Every run of notebook 03 for one profile's ``settings`` (``profile_settings("gps", p)``).
+def experiment_runs(settings: dict) -> dict[str, dict]:
+    """The runs of notebook 03 for one profile's ``settings`` (``profile_settings("gps", p)``): name -> kwargs.
 
-    Returns histories keyed ``"ours"`` (Figure 5), each name of :data:`ABLATIONS`,
+    ``"ours"`` (Figure 5) and each other name of :data:`ABLATIONS` (the paper's task),
     ``"fixed_perm_fresh_tokens"`` and ``"sort_n{N}"`` for N in ``settings["sort_n_tokens"]``.
-    ``num_threads`` sets torch's CPU threads for the runs and restores them afterwards
-    (``None`` leaves them alone); at these small sizes one thread is the fastest on a
-    shared 2-core machine (the ``cpu`` profile: ~150 s with 1 thread, ~490 s with 2
-    threads under load).
     """
-    if num_threads is not None:
-        old_threads = torch.get_num_threads()
-        torch.set_num_threads(num_threads)
-        try:
-            return run_all_experiments(settings, device, progress, seed, None)
-        finally:
-            torch.set_num_threads(old_threads)
     base = {k: settings[k] for k in ("n_tokens", "dim", "steps", "batch_size", "lr")}
     architecture = {k: settings[k] for k in ("ffn_dim", "num_layers", "sinkhorn_iters")}
-    base["gps"] = architecture
-    common = {"device": device, "progress": progress, "seed": seed}
-    out = {name: run_permutation_learning(**{**base, **over, **common,
-                                             "gps": {**architecture, **over.get("gps", {})}})
-           for name, over in ABLATIONS.items()}
-    gen = {**base, "steps": settings["gen_steps"], "n_eval": settings["n_eval"],
-           "eval_every": max(1, settings["gen_steps"] // 10), **common}
-    out["fixed_perm_fresh_tokens"] = run_permutation_learning(task="fixed_perm_fresh_tokens", **gen)
+    runs = {name: {**base, **over, "gps": {**architecture, **over.get("gps", {})}} for name, over in ABLATIONS.items()}
+    gen = {**base, "gps": architecture, "steps": settings["gen_steps"], "n_eval": settings["n_eval"],
+           "eval_every": max(1, settings["gen_steps"] // 10)}
+    runs["fixed_perm_fresh_tokens"] = {**gen, "task": "fixed_perm_fresh_tokens"}
     for n in settings["sort_n_tokens"]:
-        out[f"sort_n{n}"] = run_permutation_learning(task="sort", **{**gen, "n_tokens": n})
-    return out
+        runs[f"sort_n{n}"] = {**gen, "task": "sort", "n_tokens": n}
+    return runs
+
+
+def _run(job: tuple[str, dict, int, str]) -> pd.DataFrame:
+    _, kwargs, seed, device = job
+    return run_permutation_learning(**kwargs, seed=seed, device=device, progress=False)
+
+
+def run_all_experiments(settings: dict, seeds=(0,), device: str | torch.device = "cpu",
+                        workers: int | None = None) -> dict[tuple[str, int], pd.DataFrame]:
+    """Every run of :func:`experiment_runs` for every seed: ``(name, seed) -> history``.
+
+    The runs go to single-threaded worker processes (:func:`gpslib.parallel.run_in_processes`;
+    one on CUDA, where they run one after the other); each run's history depends only on
+    its settings and seed.
+    """
+    device = str(device)
+    workers = 1 if device.startswith("cuda") else workers
+    jobs = [(name, kwargs, seed, device) for name, kwargs in experiment_runs(settings).items() for seed in seeds]
+    histories = run_in_processes(_run, jobs, workers)
+    return {(name, seed): h for (name, _, seed, _), h in zip(jobs, histories)}
+
+
+def summarise_seeds(runs: dict[tuple[str, int], pd.DataFrame], names, confidence: float = 0.95) -> pd.DataFrame:
+    """Per run name, over seeds: final training accuracy, first step at 100% (and in how many seeds),
+    final loss, and the held-out metrics (exact, element-wise, Kendall's tau), each a mean with its
+    Student-t half-width (``±``)."""
+    rows = []
+    for name in names:
+        seeds = sorted(k for n, k in runs if n == name)
+        hs = [runs[(name, k)] for k in seeds]
+        first = [h.loc[h["accuracy"] >= 1.0, "step"] for h in hs]
+        row = {"run": name, "seeds": len(seeds),
+               "reached 100% (seeds)": sum(len(f) > 0 for f in first)}
+        for label, values in (
+            ("final accuracy", [h["accuracy"].iloc[-1] for h in hs]),
+            ("first step at 100%", [float(f.iloc[0]) for f in first if len(f)]),
+            ("final loss", [h["loss"].iloc[-1] for h in hs]),
+            ("exact", [h.attrs["final_eval_exact"] for h in hs]),
+            ("element-wise", [h.attrs["final_eval_accuracy"] for h in hs]),
+            ("Kendall's tau", [h.attrs["final_eval_kendall_tau"] for h in hs]),
+        ):
+            mean, half = mean_ci(values, confidence) if values else (math.nan, math.nan)
+            row[label], row[f"{label} ±"] = mean, half
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("run")

@@ -10,8 +10,10 @@ from gpslib.permutation_learning import (
     make_batch,
     permutation_accuracy,
     permutation_loss,
+    experiment_runs,
     run_all_experiments,
     run_permutation_learning,
+    summarise_seeds,
 )
 from gpslib.run_profiles import profile_settings
 from gpslib.sinkhorn import order_to_perm_matrix
@@ -139,9 +141,14 @@ def test_gps_profiles_exist_and_paper_has_the_paper_settings():
         assert set(profile_settings("gps", name)) == set(paper)
 
 
-def test_smoke_profile_runs_every_experiment():
+def test_every_experiment_runs_for_every_seed_and_equals_its_run_alone():
     s = profile_settings("gps", "smoke")
     s.update(steps=2, gen_steps=2, sort_n_tokens=[5])
-    out = run_all_experiments(s, progress=False)
-    assert set(out) == {"ours", "authors_clamped_sinkhorn", "ce_only", "mse_only", "no_noise",
-                        "fixed_perm_fresh_tokens", "sort_n5"}
+    out = run_all_experiments(s, seeds=[0, 1], workers=2)
+    names = {"ours", "authors_clamped_sinkhorn", "ce_only", "mse_only", "no_noise", "fixed_perm_fresh_tokens", "sort_n5"}
+    assert set(out) == {(name, seed) for name in names for seed in (0, 1)}
+    alone = run_permutation_learning(**experiment_runs(s)["sort_n5"], seed=1, progress=False)
+    assert out[("sort_n5", 1)].equals(alone)  # a worker process gives what this process gives
+    assert not out[("ours", 0)]["loss"].equals(out[("ours", 1)]["loss"])
+    summary = summarise_seeds(out, ["ours", "sort_n5"])
+    assert summary.loc["ours", "seeds"] == 2 and "Kendall's tau ±" in summary.columns
