@@ -19,7 +19,7 @@ def _map_rows() -> dict[str, list[str]]:
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[1].startswith("`") and re.match(r"`\d\d_", cells[1]):
-            rows[cells[1].strip("`")] = re.findall(r"`([a-z_]+\.[A-Za-z_]+)`", cells[3])
+            rows[cells[1].strip("`")] = re.findall(r"`([a-z_0-9]+\.[A-Za-z_0-9]+)`", cells[3])
     return rows
 
 
