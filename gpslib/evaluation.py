@@ -28,7 +28,7 @@ from gpslib.intervals import mean_ci
 from gpslib.metrics import answer_log_likelihood, compute_metrics
 from gpslib.shapes_vqa import CHANCE, SHORT_ANSWER_TYPES
 
-__all__ = ["accuracy_table", "image_reliance", "evaluate_run", "summarise_runs"]
+__all__ = ["accuracy_table", "accuracy_goal", "image_reliance", "evaluate_run", "summarise_runs"]
 
 
 def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -50,6 +50,24 @@ def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "accuracy", "chance"])
     table.index.name = "question_type"
     return table
+
+
+def accuracy_goal(table: pd.DataFrame, overall: float = 0.70, margin: float = 0.15) -> tuple[bool, str]:
+    """Whether an :func:`accuracy_table` meets issue 11's goal for a base model that sees, and a sentence saying so.
+
+    The goal: accuracy at least ``overall`` on all short-answer questions, and every question
+    type at least ``margin`` above its chance.
+    """
+    types = table.drop(index="all", errors="ignore")
+    short = types[types["accuracy"] < types["chance"] + margin]
+    met_all = "all" in table.index and table.loc["all", "accuracy"] >= overall
+    met = bool(met_all and short.empty)
+    parts = [f"overall {table.loc['all', 'accuracy']:.4f} ({'>=' if met_all else '<'} {overall})" if "all" in table.index
+             else "no overall row"]
+    parts.append("every type at least {:.0f} points above chance".format(100 * margin) if short.empty else
+                 "below chance + {:.0f} points: ".format(100 * margin) + ", ".join(
+                     f"{t} {r['accuracy']:.4f} (chance {r['chance']:.4f})" for t, r in short.iterrows()))
+    return met, ("meets" if met else "misses") + " the goal: " + "; ".join(parts)
 
 
 def image_reliance(model, processor, dataset, batch_size: int = 32, seed: int = 0) -> dict[str, float]:

@@ -100,3 +100,16 @@ def test_image_reliance_is_the_loss_with_own_images_against_the_loss_with_anothe
     assert abs(out["gap"]) > 1e-4  # measured 8e-4: 100 times the tolerances above
     with pytest.raises(ValueError, match="batch_size=1"):
         ev.image_reliance(model, processor, rows, batch_size=1)
+
+
+def test_accuracy_goal_needs_the_overall_level_and_every_type_above_chance():
+    table = pd.DataFrame({"n": [10, 10, 20], "accuracy": [0.9, 0.36, 0.72], "chance": [1 / 6, 0.2, 0.3]},
+                         index=["colour", "shape", "all"])
+    met, text = ev.accuracy_goal(table)
+    assert met and "meets" in text
+    table.loc["shape", "accuracy"] = 0.34  # 14 points above chance
+    met, text = ev.accuracy_goal(table)
+    assert not met and "shape 0.3400" in text
+    table.loc["shape", "accuracy"], table.loc["all", "accuracy"] = 0.5, 0.69
+    met, text = ev.accuracy_goal(table)
+    assert not met and "0.6900 (< 0.7)" in text
