@@ -187,13 +187,13 @@ progress() {
   local -A index=(); local i=0 pos
   for pos in "$@"; do i=$((i + 1)); index[$pos]=$i; done
   local line="" partial="" cell="" cell_t0=$SECONDS ended="" last="" said=$SECONDS wait_s rc
-  : > "$log"
+  exec 3> "$log"
   while :; do
     wait_s=$((PROGRESS_EVERY - (SECONDS - said))); [[ $wait_s -ge 1 ]] || wait_s=1
     rc=0; IFS= read -r -t "$wait_s" line || rc=$?
     if [[ $rc -eq 0 || ( $rc -le 128 && -n "$line" ) ]]; then  # a line (the last may lack its newline)
       line="$partial$line"; partial=""
-      printf '%s\n' "$line" >> "$log"
+      printf '%s\n' "$line" >&3
       if [[ "$line" =~ ^Executing\ Cell\ ([0-9]+)- ]]; then
         if [[ -n "${index[${BASH_REMATCH[1]}]:-}" ]]; then
           cell="${index[${BASH_REMATCH[1]}]}"; cell_t0=$SECONDS; ended=""; last=""; said=$SECONDS
@@ -223,7 +223,8 @@ progress() {
     fi
     line=""
   done
-  [[ -z "$partial" ]] || printf '%s\n' "$partial" >> "$log"
+  [[ -z "$partial" ]] || printf '%s\n' "$partial" >&3
+  exec 3>&-
 }
 
 # Interrupted: stop the running notebook, discard its staged files, say so, exit 128+signal.

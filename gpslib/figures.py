@@ -15,6 +15,13 @@ Target folder, in order of precedence:
 
 Both helpers return the file name relative to the target folder, so
 notebook output never shows an absolute path.
+
+Publishing (what ``run_all.sh`` calls through ``python -m gpslib.figures publish`` once a
+notebook's files are moved in): :func:`update_manifest` records each file of the publish
+folder in its ``manifest.json`` (SHA-256, and the :func:`run_record` of the run that wrote
+it); :func:`publish_report` stores the executed notebook in ``report/`` and rewrites
+``report/index.md``. A notebook adds to its run record with :func:`record`;
+``python -m gpslib.figures check figures`` compares a folder with its manifest.
 """
 
 from __future__ import annotations
@@ -575,7 +582,10 @@ def publish_report(executed: str | os.PathLike, report_dir: str | os.PathLike, r
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m gpslib.figures publish|check ...``: what run_all.sh calls; see ``--help``."""
-    parser = argparse.ArgumentParser(prog="python -m gpslib.figures", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m gpslib.figures",
+        description="Record a notebook's published files in the manifest of their folder (and in report/), "
+                    "or compare a folder with its manifest.")
     sub = parser.add_subparsers(dest="command", required=True)
     pub = sub.add_parser("publish", help="record a notebook's published files in the manifest (and the report)")
     pub.add_argument("executed", help="the executed notebook papermill wrote")
