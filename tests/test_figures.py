@@ -1,15 +1,24 @@
-"""Properties of gpslib.figures: where figures and tables go, and atomic writes."""
+"""Properties of gpslib.figures: where figures and tables go, atomic writes, LaTeX that compiles,
+the manifest of a publish folder and the report."""
 
+import hashlib
+import json
 import os
+import re
+import shutil
+import subprocess
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import nbformat  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from gpslib import atomic_files, figures  # noqa: E402
+from gpslib import atomic_files, figures, provenance  # noqa: E402
+from gpslib.run_profiles import SETTINGS  # noqa: E402
 
 
 @pytest.fixture
@@ -35,7 +44,8 @@ def test_save_table_writes_markdown_csv_and_latex(tmp_path, monkeypatch):
     assert names == ["table_x.md", "table_x.csv", "table_x.tex"]
     assert "1.5020" in (tmp_path / "table_x.md").read_text()
     assert "1.50197" in (tmp_path / "table_x.csv").read_text()
-    assert "\\begin{tabular}" in (tmp_path / "table_x.tex").read_text()
+    tex = (tmp_path / "table_x.tex").read_text()
+    assert "\\begin{tabular}" in tex and "no\\_rope" in tex
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
@@ -46,14 +56,28 @@ def test_missing_values_show_as_a_dash_not_nan(tmp_path, monkeypatch):
     assert "—" in markdown and "nan" not in markdown
 
 
-def test_savefig_returns_only_the_file_name(tmp_path, monkeypatch):
+def test_savefig_writes_png_and_pdf_and_returns_only_the_png_name(tmp_path, monkeypatch):
     monkeypatch.setenv("GPSLIB_FIGURES_DIR", str(tmp_path))
     fig, ax = plt.subplots()
     ax.plot([0, 1])
     assert figures.savefig(fig, "fig_x", "cpu") == "fig_x.png"
     plt.close(fig)
     assert (tmp_path / "fig_x.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "fig_x.png").stat().st_mode & 0o044 == 0o044  # readable by group and others
+    assert (tmp_path / "fig_x.pdf").read_bytes()[:5] == b"%PDF-"
+    for name in ("fig_x.png", "fig_x.pdf"):
+        assert (tmp_path / name).stat().st_mode & 0o044 == 0o044  # readable by group and others
+    assert sorted(os.listdir(tmp_path)) == ["fig_x.pdf", "fig_x.png"]
+
+
+def test_an_unchanged_figure_gives_identical_pdf_bytes(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPSLIB_FIGURES_DIR", str(tmp_path))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    figures.savefig(fig, "fig_x", "cpu")
+    first = (tmp_path / "fig_x.pdf").read_bytes()
+    figures.savefig(fig, "fig_x", "cpu")
+    plt.close(fig)
+    assert (tmp_path / "fig_x.pdf").read_bytes() == first  # no creation date: the manifest's hash is stable
 
 
 def test_failed_write_leaves_the_previous_file_untouched(tmp_path):
@@ -82,3 +106,211 @@ def test_save_table_rejects_a_non_dataframe(tmp_path, monkeypatch):
     monkeypatch.setenv("GPSLIB_FIGURES_DIR", str(tmp_path))
     with pytest.raises(ValueError, match="dict"):
         figures.save_table({"a": 1}, "t", "cpu")
+
+
+# --------------------------------------------------------------------------- LaTeX tables
+ESCAPES = {  # every character LaTeX treats specially, and the non-ASCII ones the tables use
+    "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{", "}": r"\}",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
+    "±": r"$\pm$", "—": "---", "–": "--", "→": r"$\rightarrow$", "×": r"$\times$", "≤": r"$\leq$",
+    "α": r"$\alpha$", "τ": r"$\tau$", "Σ": r"$\Sigma$", "é": r"\'{e}", "ï": r'\"{\i}', "ß": r"\ss{}",
+    "中": "[U+4E2D]",
+}
+
+
+@pytest.mark.parametrize("char, latex", list(ESCAPES.items()))
+def test_latex_escape_writes_each_special_character_as_latex(char, latex):
+    assert figures.latex_escape(f"a{char}b") == f"a{latex}b"
+
+
+def test_latex_escape_does_not_escape_its_own_output_twice():
+    assert figures.latex_escape("\\{}") == r"\textbackslash{}\{\}"
+    assert figures.latex_escape("50% ± 1_000") == r"50\% $\pm$ 1\_000"
+
+
+def _awkward_table():
+    """Every special character in cells, row labels, column labels and index names; a MultiIndex; a NaN."""
+    index = pd.MultiIndex.from_product([[0.1, 2.0], ["ours_log", "authors (clamped) 5%"]], names=["tau_x", "method#"])
+    df = pd.DataFrame({"mean ± ci": ["0.5 ± 0.1", "a & b", "$5 {x} ~y^2 \\z", "α→β — é"],
+                       "row_max": [0.25, float("nan"), 1.0, 2.5]}, index=index)
+    return df
+
+
+def test_latex_table_is_booktabs_and_every_special_character_is_escaped(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPSLIB_FIGURES_DIR", str(tmp_path))
+    figures.save_table(_awkward_table(), "t", "cpu")
+    tex = (tmp_path / "t.tex").read_text()
+    assert tex.isascii(), sorted({c for c in tex if not c.isascii()})
+    lines = tex.splitlines()
+    assert lines[0] == r"\begin{tabular}{lllr}"  # two index levels, a text column, a numeric one right-aligned
+    assert lines[1] == r"\toprule" and r"\midrule" in lines and lines[-2:] == [r"\bottomrule", r"\end{tabular}"]
+    assert r"\multirow" not in tex and r"\cline" not in tex and r"\hline" not in tex  # booktabs rules only
+    for expected in [r"tau\_x", r"method\#", r"ours\_log", r"authors (clamped) 5\%", r"mean $\pm$ ci",
+                     r"0.5 $\pm$ 0.1", r"a \& b", r"\$5 \{x\} \textasciitilde{}y\textasciicircum{}2 \textbackslash{}z",
+                     r"$\alpha$$\rightarrow$$\beta$ --- \'{e}", r"row\_max", "0.2500"]:
+        assert expected in tex, expected
+    assert not re.search(r"(?<!\\)[_%#]", tex)  # every _ % # escaped
+    assert tex.count("{") == tex.count("}")
+    body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+    assert len(body) == 4
+    for row in body:
+        assert row.endswith(r" \\") and len(re.findall(r"(?<!\\)&", row)) == 3, row  # 4 cells: no stray &
+    assert body[1].split(" & ")[-1] == r"--- \\"  # NaN: a dash, not "nan"
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex here; the escaping is checked character by character")
+def test_latex_table_compiles_with_pdflatex(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPSLIB_FIGURES_DIR", str(tmp_path))
+    figures.save_table(_awkward_table(), "t", "cpu")
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n\\input{t.tex}\n\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert (tmp_path / "doc.pdf").exists()
+
+
+# --------------------------------------------------------------------------- manifest and report
+ROOT = figures.repo_root()
+
+
+def _files(folder, **contents):
+    folder.mkdir(exist_ok=True)
+    for name, text in contents.items():
+        (folder / name.replace("__", ".")).write_text(text)
+
+
+def _run(notebook, finished, files):
+    """The fields of a run record update_manifest reads."""
+    return {"notebook": notebook, "finished_at": finished, "files": files}
+
+
+def test_manifest_lists_each_file_with_its_hash_and_the_run_that_wrote_it(tmp_path):
+    _files(tmp_path, a__png="A", b__csv="B")
+    manifest = figures.update_manifest(tmp_path, _run("01_x.ipynb", "t1", ["a.png", "b.csv"]))
+    assert manifest == figures.load_manifest(tmp_path)
+    assert manifest["files"]["a.png"] == {"notebook": "01_x.ipynb", "run": "01_x.ipynb t1",
+                                          "sha256": hashlib.sha256(b"A").hexdigest(), "bytes": 1}
+    assert list(manifest["runs"]) == ["01_x.ipynb t1"]
+    assert figures.check_manifest(tmp_path, require_notebook=True) == []
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_a_file_a_rerun_no_longer_writes_keeps_the_run_that_wrote_it(tmp_path):
+    _files(tmp_path, a__png="A", b__csv="B")
+    figures.update_manifest(tmp_path, _run("01_x.ipynb", "t1", ["a.png", "b.csv"]))
+    _files(tmp_path, a__png="A2")
+    manifest = figures.update_manifest(tmp_path, _run("01_x.ipynb", "t2", ["a.png"]))
+    assert manifest["files"]["a.png"]["run"] == "01_x.ipynb t2"
+    assert manifest["files"]["b.csv"]["run"] == "01_x.ipynb t1"
+    assert sorted(manifest["runs"]) == ["01_x.ipynb t1", "01_x.ipynb t2"]
+    (tmp_path / "b.csv").unlink()
+    manifest = figures.update_manifest(tmp_path, _run("01_x.ipynb", "t3", ["a.png"]))
+    assert sorted(manifest["files"]) == ["a.png"] and list(manifest["runs"]) == ["01_x.ipynb t3"]
+
+
+def test_check_manifest_names_changed_unlisted_missing_and_unattributed_files(tmp_path):
+    _files(tmp_path, old__csv="there before any manifest", a__png="A")
+    figures.update_manifest(tmp_path, _run("01_x.ipynb", "t1", ["a.png"]))
+    assert figures.load_manifest(tmp_path)["files"]["old.csv"]["notebook"] is None
+    assert figures.check_manifest(tmp_path) == []
+    assert figures.check_manifest(tmp_path, require_notebook=True) == [
+        "old.csv: no notebook recorded as writing it (there before the manifest, or written by none now): "
+        "rerun the notebook that writes it, or delete it"]
+    _files(tmp_path, a__png="edited by hand", new__md="N")
+    (tmp_path / "old.csv").unlink()
+    problems = figures.check_manifest(tmp_path)
+    assert [p.split(":")[0] for p in problems] == ["new.md", "old.csv", "a.png"], problems
+    assert "changed since 01_x.ipynb wrote it" in problems[2]
+    assert figures.check_manifest(tmp_path / "nowhere") == [f"{tmp_path / 'nowhere' / 'manifest.json'} does not exist"]
+
+
+def test_update_manifest_refuses_a_run_whose_files_are_absent(tmp_path):
+    with pytest.raises(ValueError, match="missing.png"):
+        figures.update_manifest(tmp_path, _run("01_x.ipynb", "t1", ["missing.png"]))
+
+
+def test_manifest_entry_joins_file_and_run_and_names_an_unknown_file(tmp_path):
+    _files(tmp_path, a__png="A")
+    manifest = figures.update_manifest(tmp_path, {**_run("01_x.ipynb", "t1", ["a.png"]), "profile": "cpu"})
+    entry = figures.manifest_entry(manifest, "a.png")
+    assert entry["file"] == "a.png" and entry["profile"] == "cpu" and entry["sha256"] and "files" not in entry
+    with pytest.raises(ValueError, match="'b.png'"):
+        figures.manifest_entry(manifest, "b.png")
+
+
+def test_record_adds_up_in_the_staging_folder_and_does_nothing_outside_run_all(tmp_path, monkeypatch):
+    monkeypatch.delenv("GPSLIB_FIGURES_DIR", raising=False)
+    assert figures.record(seeds={"numpy": 1}) is None and not list(tmp_path.iterdir())
+    monkeypatch.setenv("GPSLIB_FIGURES_DIR", str(tmp_path))
+    figures.record(seeds={"numpy": 1})
+    figures.record(seeds={"shapes": 2}, note="x")
+    assert json.loads((tmp_path / ".provenance.json").read_text()) == {"note": "x", "seeds": {"numpy": 1, "shapes": 2}}
+
+
+def test_settings_sections_follow_the_notebook_and_the_gpslib_modules_it_imports():
+    assert figures.settings_sections(["%matplotlib inline\nsettings = profile_settings('rope', profile)"]) == ["rope"]
+    assert "pretrain" in figures.settings_sections(["from gpslib.pretrain import ensure_base_model"])
+    assert figures.settings_sections(["x = profile_settings('no_such_section', p)", "not python ("]) == []
+
+
+def _executed_notebook(path, profile="cpu"):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("setup(profile, seed=7)\nsettings = profile_settings('gps', profile)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"profile={profile} seed=7 torch=2 threads=2\n")]
+    nb.cells = [cell]
+    nb.metadata["papermill"] = {"parameters": {"profile": profile}, "start_time": "2025-01-01T00:00:00+00:00",
+                                "end_time": "2025-01-01T00:01:00+00:00", "duration": 60.04,
+                                "input_path": str(ROOT / "notebooks" / path.name), "output_path": str(path)}
+    nbformat.write(nb, path)
+
+
+def test_run_record_reads_profile_seeds_settings_and_threads_from_the_executed_notebook(tmp_path):
+    _executed_notebook(tmp_path / "03_x.ipynb")
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "stage" / ".provenance.json").write_text('{"seeds": {"numpy": 100}, "device": {"cuda": "H200"}}')
+    run = figures.run_record(tmp_path / "03_x.ipynb", ["b.png", "a.png"], staging=tmp_path / "stage")
+    assert run["notebook"] == "03_x.ipynb" and run["profile"] == "cpu" and run["wall_time_s"] == 60.0
+    assert run["settings"]["sections"] == ["gps"]
+    assert run["settings"]["hash"] == provenance.settings_hash({"gps": SETTINGS["gps"]["cpu"]})
+    assert run["seeds"]["setup"] == 7 and run["seeds"]["numpy"] == 100
+    assert run["seeds"]["settings"]["gps.digits.seeds"] == SETTINGS["gps"]["cpu"]["digits"]["seeds"]
+    assert run["device"]["torch_threads"] == 2 and run["device"]["cuda"] == "H200"
+    assert run["files"] == ["a.png", "b.png"] and run["packages"]["numpy"] == np.__version__
+    assert set(run["git"]) == {"commit", "dirty", "dirty_paths"}
+
+
+def test_run_record_refuses_an_unknown_profile(tmp_path):
+    _executed_notebook(tmp_path / "03_x.ipynb", profile="laptop")
+    with pytest.raises(ValueError, match="'laptop'"):
+        figures.run_record(tmp_path / "03_x.ipynb", [])
+
+
+def test_the_report_keeps_the_notebook_with_its_run_and_indexes_it(tmp_path):
+    _executed_notebook(tmp_path / "03_x.ipynb")
+    run = {"notebook": "03_x.ipynb", "profile": "cpu", "finished_at": "2025-01-01T00:01:00+00:00",
+           "wall_time_s": 75.0, "git": {"commit": "0123456789abcdef", "dirty": True}, "files": ["a.pdf", "a.png", "t.md"]}
+    stored = figures.publish_report(tmp_path / "03_x.ipynb", tmp_path / "report", run, tmp_path / "figures")
+    nb = nbformat.read(stored, as_version=4)
+    assert nb.metadata["gpslib"] == run and nb.metadata["papermill"]["input_path"] == "notebooks/03_x.ipynb"
+    index = (tmp_path / "report" / "index.md").read_text()
+    assert ("| [03_x](03_x.ipynb) | cpu | `0123456789` (uncommitted changes) | 1 min 15 s | 2025-01-01T00:01:00 | "
+            "a [pdf](../figures/a.pdf) [png](../figures/a.png)<br>t [md](../figures/t.md) |") in index
+
+
+# The committed figures/ and figures/manifest.json (written by ./run_all.sh --profile cpu).
+COMMITTED = ROOT / "figures"
+needs_manifest = pytest.mark.skipif(
+    not (COMMITTED / "manifest.json").exists(),
+    reason="figures/manifest.json does not exist yet: the next full ./run_all.sh (cpu) writes it")
+
+
+@needs_manifest
+def test_the_committed_figures_are_those_their_manifest_lists_with_the_same_sha256():
+    assert figures.check_manifest(COMMITTED) == []
+
+
+@needs_manifest
+def test_every_committed_figure_names_the_notebook_that_wrote_it():
+    assert [p for p in figures.check_manifest(COMMITTED, require_notebook=True) if "no notebook recorded" in p] == []
