@@ -299,7 +299,7 @@ for nb in "${notebooks[@]}"; do
   # signal takes effect only once every file of the notebook is in place, with its manifest
   # entries and report. Each file is first moved to a temporary name beside its target (a
   # copy if runs/ lies on another file system), then renamed over it, which is atomic; the
-  # manifest and the report are written atomically by gpslib.figures.
+  # manifest and the report are written atomically by gpslib.manifest.
   phase=publishing
   (
     trap '' INT TERM HUP
@@ -311,7 +311,7 @@ for nb in "${notebooks[@]}"; do
       mv -f "$PUBLISH_DIR/.$base.tmp" "$PUBLISH_DIR/$base"
       published+=("$base")
     done
-    if ! "$PY" -m gpslib.figures publish --profile "$PROFILE" --publish-dir "$PUBLISH_DIR" --staging "$staging" \
+    if ! "$PY" -m gpslib.manifest publish --profile "$PROFILE" --publish-dir "$PUBLISH_DIR" --staging "$staging" \
         ${REPORT_DIR:+--report-dir "$REPORT_DIR"} -- "$OUT_DIR/$name" "${published[@]}"; then
       echo "run_all.sh: FAILED to record $name's files in $(rel "$PUBLISH_DIR")/$MANIFEST_NAME" >&2
       exit 1

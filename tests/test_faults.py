@@ -278,7 +278,7 @@ def test_an_interrupted_run_all_publishes_only_the_finished_notebooks_files(tmp_
     assert proc.returncode == 128 + sig, out + err
     assert "run_all.sh: interrupted" in err and "while running 02_interrupted.ipynb" in err, err
     # exactly the complete files of the notebook that finished, and what was there before
-    assert sorted(p.name for p in publish.iterdir()) == ["table_a.csv", "table_a.md", "table_a.tex", "table_b.csv"]
+    assert sorted(p.name for p in publish.iterdir()) == ["manifest.json", "table_a.csv", "table_a.md", "table_a.tex", "table_b.csv"]
     assert (publish / "table_a.csv").read_text().splitlines() == [",v", "0,1"]
     assert (publish / "table_b.csv").read_text() == "good old table\n"
     assert not (runs / "cpu" / "staging").exists() or not any((runs / "cpu" / "staging").iterdir())

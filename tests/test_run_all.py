@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from gpslib.figures import check_manifest, load_manifest, manifest_entry
+from gpslib.manifest import check_manifest, load_manifest, manifest_entry
 from gpslib.provenance import settings_hash
 from gpslib.run_profiles import SETTINGS
 
@@ -168,7 +168,7 @@ FIRST = [  # setup's seed, a settings section, a figure and a table, a recorded 
     "setup(profile, seed=3)\nsettings = profile_settings('rope', profile)",
     "# A markdown cell: no progress line of its own",
     "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\nimport pandas as pd\n"
-    "from gpslib.figures import record, save_table, savefig\nfig, ax = plt.subplots()\nax.plot([0, 1])\n"
+    "from gpslib.figures import save_table, savefig\nfrom gpslib.manifest import record\nfig, ax = plt.subplots()\nax.plot([0, 1])\n"
     "print(savefig(fig, 'fig_a', profile))\nprint(save_table(pd.DataFrame({'v_x': [1.5]}), 'table_a', profile))\n"
     "record(seeds={'numpy': 100})",
     "import time\nfor step in range(3):\n    print(f'step {step}', flush=True)\n    time.sleep(1.2)",
