@@ -60,3 +60,12 @@ def test_every_function_the_map_credits_is_called_by_its_notebook(notebook):
     used = _used(ROOT / "notebooks" / f"{notebook}.ipynb")
     missing = [name for name in ROWS[notebook] if name not in used]
     assert ROWS[notebook] and not missing, f"{notebook} never calls {missing}; it calls {sorted(used)}"
+
+
+@pytest.mark.parametrize("notebook", sorted(ROWS))
+def test_each_stored_notebook_says_its_outputs_are_the_smoke_run_and_where_the_cpu_results_are(notebook):
+    nb = nbformat.read(ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4)
+    first = nb.cells[0].source.split("\n")
+    banner = next(line for line in first if line.strip())  # the line after the title
+    banner = first[2] if first[0].startswith("#") else banner
+    assert "the `smoke` run" in banner and f"report/{notebook}.ipynb" in banner and "figures/" in banner
