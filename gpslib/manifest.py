@@ -185,7 +185,9 @@ def settings_sections(sources: list[str]) -> list[str]:
     while todo:
         module = todo.pop()
         path = Path(__file__).resolve().parent / (module.partition(".")[2].replace(".", "/") + ".py")
-        if module in seen or module == "gpslib" or not path.is_file():
+        # run_profiles defines SETTINGS; its own mentions (model_label's name of the paper's
+        # model) are not a run reading a section.
+        if module in seen or module in ("gpslib", "gpslib.run_profiles") or not path.is_file():
             continue
         seen.add(module)
         sections |= _settings_read_in(path.read_text(encoding="utf-8"))
