@@ -159,6 +159,11 @@ if [[ -z "$REPORT_DIR" ]]; then REPORT_DIR="$(dirname "$PUBLISH_DIR")/report"; f
 if [[ "$PROFILE" == smoke ]]; then REPORT_DIR=""; fi  # a smoke run never writes into report/
 OUT_DIR="$RUNS_DIR/$PROFILE"
 MANIFEST_NAME=manifest.json
+# the README's block of notebook times is rewritten only from the repository's own report/
+README_ARG=""
+if [[ -n "$REPORT_DIR" && "$(cd "$(dirname "$REPORT_DIR")" 2>/dev/null && pwd)/$(basename "$REPORT_DIR")" == "$ROOT/report" ]]; then
+  README_ARG="$ROOT/README.md"
+fi
 mkdir -p "$OUT_DIR" "$PUBLISH_DIR" ${REPORT_DIR:+"$REPORT_DIR"}
 
 # Progress. clock SECONDS: m:ss. code_cells NOTEBOOK: how many code cells papermill will run and
@@ -312,7 +317,7 @@ for nb in "${notebooks[@]}"; do
       published+=("$base")
     done
     if ! "$PY" -m gpslib.manifest publish --profile "$PROFILE" --publish-dir "$PUBLISH_DIR" --staging "$staging" \
-        ${REPORT_DIR:+--report-dir "$REPORT_DIR"} -- "$OUT_DIR/$name" "${published[@]}"; then
+        ${REPORT_DIR:+--report-dir "$REPORT_DIR"} ${README_ARG:+--readme "$README_ARG"} -- "$OUT_DIR/$name" "${published[@]}"; then
       echo "run_all.sh: FAILED to record $name's files in $(rel "$PUBLISH_DIR")/$MANIFEST_NAME" >&2
       exit 1
     fi

@@ -140,6 +140,26 @@ def test_the_report_keeps_the_notebook_with_its_run_and_indexes_it(tmp_path):
             "a [pdf](../figures/a.pdf) [png](../figures/a.png)<br>t [md](../figures/t.md) |") in index
 
 
+def test_the_readme_block_of_notebook_times_comes_from_the_report_and_leaves_the_rest(tmp_path):
+    for name, seconds in (("00_a", 75.0), ("01_b", 3725.0)):
+        _executed_notebook(tmp_path / f"{name}.ipynb")
+        run = {"notebook": f"{name}.ipynb", "profile": "cpu", "finished_at": "2025-01-01T00:01:00+00:00",
+               "wall_time_s": seconds, "git": {"commit": "0123456789abcdef"},
+               "device": {"cpu_count": 2, "load_average_at_end": [1.5, 2.25, 3.0]}, "files": []}
+        mf.publish_report(tmp_path / f"{name}.ipynb", tmp_path / "report", run, tmp_path / "figures")
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- times:start -->\nold\n<!-- times:end -->\nafter\n")
+    mf.update_readme_times(readme, tmp_path / "report")
+    text = readme.read_text()
+    assert text.startswith("before\n<!-- times:start -->") and text.endswith("<!-- times:end -->\nafter\n")
+    assert "old" not in text and "2 CPU cores" in text
+    assert "| 00_a | cpu | 1 min 15 s | 2025-01-01 00:01 | `0123456789` | 1.5 / 2.2 / 3.0 |" in text
+    assert "| 01_b | cpu | 1 h 02 min |" in text and "| **all** | | **1 h 03 min** |" in text
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="times:start"):
+        mf.update_readme_times(readme, tmp_path / "report")
+
+
 # The committed figures/ and figures/manifest.json (written by ./run_all.sh --profile cpu).
 COMMITTED = ROOT / "figures"
 needs_manifest = pytest.mark.skipif(
