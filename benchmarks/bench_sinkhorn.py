@@ -17,10 +17,11 @@ For B = 4, N in ``--sizes`` (default 800; ``--full``: 128, 576, 800, 2048), tau 
 
 Columns: best-of-``--repeats`` forward and forward + backward time (ms; the methods are
 timed round-robin, one run of each per round, so a burst of load on a shared machine hits
-them alike; ``authors`` and ``matrix_lse`` only in the first two rounds), memory of the backward (MB: the bytes autograd saves on CPU, counted with
-``saved_tensors_hooks``; the peak allocated during forward + backward on CUDA), max row
-error, count of non-finite entries, max |P - P_matrix_lse| and the max gradient difference
-against autograd through ``matrix_lse`` relative to that gradient's max.
+them alike; ``authors`` and ``matrix_lse`` only in the first two rounds), memory of the
+backward (MB: the bytes autograd saves on CPU, counted with ``saved_tensors_hooks``; the
+peak allocated during forward + backward on CUDA), max row error, count of non-finite
+entries, max |P - P_matrix_lse| and the max gradient difference against autograd through
+``matrix_lse`` relative to that gradient's max.
 
 The goal table (issue 15, item 4), at N = 800: the library's default path at most 1.5x the
 probability-domain loop at tau 0.1, forward and forward + backward; equal to the log-domain
