@@ -185,6 +185,10 @@ def run(sizes, taus, repeats: int, device: torch.device, methods: list[str] | No
     return df
 
 
+def _yes(ok) -> str:
+    return "yes" if bool(ok) else "NO"
+
+
 def goals(df: pd.DataFrame, n: int = GOAL_N) -> pd.DataFrame:
     """The goal table at N = ``n``: one row per (threads, tau)."""
     out = []
@@ -196,9 +200,9 @@ def goals(df: pd.DataFrame, n: int = GOAL_N) -> pd.DataFrame:
                "fwd ours/prob50": fwd, "fwd+bwd ours/prob50": fb,
                "ours fwd ms": m.fwd_ms["ours"], "prob50 fwd ms": m.fwd_ms["prob50"],
                "ours fwd+bwd ms": m.fwd_bwd_ms["ours"], "prob50 fwd+bwd ms": m.fwd_bwd_ms["prob50"],
-               f"<={GOAL_RATIO}x": (fwd <= GOAL_RATIO and fb <= GOAL_RATIO) if tau == GOAL_TAU else "",
-               "|P - lse|": m.max_diff_vs_lse["ours"], f"<={GOAL_DIFF:g}": m.max_diff_vs_lse["ours"] <= GOAL_DIFF,
-               "ours finite": m.nonfinite["ours"] == 0,
+               f"<={GOAL_RATIO}x": _yes(fwd <= GOAL_RATIO and fb <= GOAL_RATIO) if tau == GOAL_TAU else "-",
+               "|P - lse|": m.max_diff_vs_lse["ours"], f"<={GOAL_DIFF:g}": _yes(m.max_diff_vs_lse["ours"] <= GOAL_DIFF),
+               "ours finite": _yes(m.nonfinite["ours"] == 0),
                "prob50 nonfinite": int(m.nonfinite["prob50"])}
         if "ours_matrix" in m.index:
             row["fwd matrix/prob50"] = m.fwd_ms["ours_matrix"] / m.fwd_ms["prob50"]
@@ -209,8 +213,8 @@ def goals(df: pd.DataFrame, n: int = GOAL_N) -> pd.DataFrame:
 def goal_met(table: pd.DataFrame) -> bool:
     """True when every thread count meets the speed goal at tau 0.1 and the accuracy goals at every tau."""
     speed = table[table.tau == GOAL_TAU]
-    return bool(len(speed) and speed[f"<={GOAL_RATIO}x"].all() and table[f"<={GOAL_DIFF:g}"].all()
-                and table["ours finite"].all())
+    return bool(len(speed) and (speed[f"<={GOAL_RATIO}x"] == "yes").all()
+                and (table[f"<={GOAL_DIFF:g}"] == "yes").all() and (table["ours finite"] == "yes").all())
 
 
 def main() -> None:
