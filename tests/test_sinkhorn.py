@@ -288,3 +288,21 @@ def test_empty_input_gives_an_empty_result(shape):
         assert P.shape == shape and P.dtype == torch.float64, kwargs
     sinkhorn(la, 10).sum().backward()
     assert la.grad.shape == shape
+
+
+def test_finite_input_whose_sum_overflows_is_accepted():
+    la = torch.full((1, 4, 4), 3e38)  # finite entries; their float32 sum is inf
+    P = sinkhorn(la, 5)
+    torch.testing.assert_close(P, torch.full_like(P, 0.25), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(6, 6), (2, 3, 6, 6)])
+def test_gradient_matches_the_textbook_loop_for_any_leading_dimensions(shape):
+    la = _scores(*shape) / 0.2
+    w = _scores(*shape, seed=5)
+    grads = []
+    for fn in (lambda x: sinkhorn(x, 15), lambda x: sinkhorn_matrix_logsumexp(x, 15)):
+        x = la.clone().requires_grad_()
+        (fn(x) * w).sum().backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-8)
