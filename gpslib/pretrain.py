@@ -55,7 +55,7 @@ from gpslib.provenance import code_fingerprint, settings_hash
 from gpslib.reordering_config import LAYOUTS
 from gpslib.run_profiles import check_profile, profile_settings
 from gpslib.runtime import setup
-from gpslib.shapes_vqa import shapes_vqa
+from gpslib.shapes_vqa import LazyShapesVQA
 
 __all__ = ["BASE_MODELS", "PretrainConfig", "layout_for_step", "pretrain", "embedded_cache_dir", "train_settings",
            "base_model_dir", "ensure_base_model", "main"]
@@ -195,8 +195,9 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
             raise ValueError("a continued run (init='image_first') needs the profile its initial model comes from")
         model, _ = load_model(base_model_dir(profile, seed, base="image_first", progress=progress), reorder="none")
     size = MODEL_SIZES[config.size]
-    data = shapes_vqa(config.steps * config.batch_size, seed=seed + (1000 if config.init else 0), split="train",
-                      image_size=size["image_size"])
+    # each row is read once: drawn on access, not materialised (gpslib.shapes_vqa's docstring has the numbers)
+    data = LazyShapesVQA(config.steps * config.batch_size, seed=seed + (1000 if config.init else 0), split="train",
+                         image_size=size["image_size"])
     vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
     seen = {id(p) for p in vision}
     groups = [{"params": [p for p in model.parameters() if id(p) not in seen], "lr": config.lr},
