@@ -21,14 +21,16 @@ Two containers of the same rows:
 * :func:`shapes_vqa` returns a ``datasets.Dataset`` whose columns are the fields above
   (:func:`features`: ``images`` a list of ``datasets.Image``, stored as PNG bytes), so
   ``column_names``, ``to_pandas``, ``map``, ``remove_columns``, ``save_to_disk`` and
-  TRL's vision collators see what they expect. It is built in memory, about 2 ms a row
-  at 64 px (drawing plus PNG encoding; measured on a shared 2-core CPU): fine for the
-  hundreds to thousands of rows fine-tuning and evaluation use.
+  TRL's vision collators see what they expect. It is built in memory: 2.7 ms a row at
+  64 px (drawing, PNG encoding, Arrow), 0.7 ms to read one back, 10 kB a row (best of 5
+  on a shared, loaded 2-core CPU): fine for the hundreds to thousands of rows that
+  fine-tuning and evaluation use.
 * :class:`LazyShapesVQA` is a ``torch.utils.data.Dataset`` that draws row ``i`` on
-  access (about 1 ms at 64 px) and stores nothing. Pretraining uses it: it reads each of
+  access (1.0-1.2 ms at 64 px) and stores nothing. Pretraining uses it: it reads each of
   its ``steps * batch_size`` rows (64,000 in the ``cpu`` profile) exactly once, so a
-  materialised copy could not pay back its build (about 2.5x the data time, and 10 kB a
-  row: 0.6 GB of Arrow in memory).
+  materialised copy cannot pay back its build: 2.9x the data time (171 s to build and
+  47 s to read, against 76 s drawn on access, about 12% of a 0.3 s training step) and
+  0.6 GB of Arrow in memory.
 
 Determinism and splits: sample ``i`` of split ``s`` draws from
 ``numpy.random.default_rng([seed, split_code(s), i])``. A scene belongs to
@@ -431,7 +433,7 @@ def shapes_vqa(num_samples: int, seed: int = 0, split: str = "train", image_size
     (images PNG-encoded, so they decode to the same pixels). ``question_types`` restricts
     the questions to a subset of :data:`QUESTION_TYPES`. Rows are drawn and encoded
     ``chunk_size`` at a time, so at most that many PIL images are held at once. About
-    2 ms a row at 64 px (see the module docstring; :class:`LazyShapesVQA` draws rows on
+    3 ms a row at 64 px (see the module docstring; :class:`LazyShapesVQA` draws rows on
     access instead). Raises ValueError naming a bad argument.
     """
     import datasets
