@@ -41,21 +41,24 @@ import pandas as pd
 import torch
 from huggingface_hub.utils import validate_repo_id
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import EarlyStoppingCallback, PrinterCallback, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, HfArgumentParser, PrinterCallback, TrainerCallback, TrainingArguments
 
 from gpslib.atomic_files import atomic_write_text
 from gpslib.checkpoints import ResumableTrainer, latest_complete_checkpoint
+from gpslib.cli import flags_to_config, parse, preparse, setting, settings_flags
 from gpslib.data import VQACollator, load_hub_vsft
 from gpslib.generation import predict, unwrap_model
 from gpslib.metrics import paper_bleu
 from gpslib.model import load_model
 from gpslib.pretrain import BASE_MODELS, base_model_dir
+from gpslib.positions import POSITION_SCHEMES
 from gpslib.provenance import code_fingerprint, settings_hash
 from gpslib.reordering_config import REORDERING_FIELDS, STRATEGIES, ReorderingLlavaConfig, check_reordering_settings
-from gpslib.run_profiles import check_profile, profile_settings
+from gpslib.run_profiles import PROFILES, check_profile, profile_settings
 from gpslib.runtime import seed_everything
 from gpslib.shapes_vqa import shapes_vqa
 from gpslib.sinkhorn import tau_schedule
+from gpslib.tokenmixer import PLACEMENTS
 
 __all__ = [
     "LORA_TARGET_REGEX",
@@ -68,6 +71,7 @@ __all__ = [
     "base_model_source",
     "run_dir_for",
     "EMBEDDED_NAME",
+    "FinetuneRun",
     "main",
 ]
 
@@ -81,32 +85,41 @@ LORA_TARGET_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj
 class FinetuneConfig:
     """Everything that defines a run (stored as the run's ``config.json``)."""
 
-    model: str = EMBEDDED_NAME
-    model_profile: str = "cpu"  # which embedded base model (see gpslib.pretrain) ...
-    base: str = "image_first"  # ... of the two: "image_first" (the paper's protocol) or "mixed" (every layout)
-    data: str = "shapes"  # "shapes", a hub id, or a local hub-layout directory
-    train_samples: int = 1000
-    eval_samples: int = 100
-    gen_samples: int = 100
+    model: str = setting(EMBEDDED_NAME, f"base model: {EMBEDDED_NAME!r} (the embedded one of model_profile), "
+                                         "a local directory or a hub id")
+    model_profile: str = setting("cpu", "the profile whose embedded base model is used (gpslib.pretrain)",
+                                  PROFILES)
+    base: str = setting("image_first", "which embedded base model: image_first (the paper's protocol) or "
+                                        "mixed (trained on every layout)", BASE_MODELS)
+    data: str = setting("shapes", "'shapes' (ShapesVQA), a hub id, or a local hub-layout directory")
+    train_samples: int = setting(1000, "training rows")
+    eval_samples: int = setting(100, "validation rows (loss every epoch)")
+    gen_samples: int = setting(100, "validation rows answered by generation for BLEU every epoch")
     # the reordering settings: fields of ReorderingLlavaConfig, with its defaults
-    reorder: str = ReorderingLlavaConfig.reorder
-    threshold: float = ReorderingLlavaConfig.threshold
-    placement: str = ReorderingLlavaConfig.placement
-    gps: dict[str, Any] = dataclasses.field(default_factory=dict)  # GPSSettings fields to override
-    position_gap: int = ReorderingLlavaConfig.position_gap
-    position_scheme: str = ReorderingLlavaConfig.position_scheme
-    v2pe_delta: float | None = ReorderingLlavaConfig.v2pe_delta
-    epochs: int = 1
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    learning_rate: float = 1e-4
-    warmup_ratio: float = 0.03
-    batch_size: int = 4
-    grad_accum: int = 4
-    max_new_tokens: int = 64
-    early_stopping_patience: int | None = 2
-    seed: int = 0
+    reorder: str = setting(ReorderingLlavaConfig.reorder, "the reordering strategy", STRATEGIES)
+    threshold: float = setting(ReorderingLlavaConfig.threshold, "TokenMixer's cosine-similarity threshold (cosine)")
+    placement: str = setting(ReorderingLlavaConfig.placement, "matched image tokens go before or after their word "
+                                                               "(cosine)", PLACEMENTS)
+    gps: dict[str, Any] = setting(help="GPSSettings fields to override, a JSON object, e.g. "
+                                        "'{\"sinkhorn_iters\": 20}' (gps)", default_factory=dict)
+    position_gap: int = setting(ReorderingLlavaConfig.position_gap, "virtual RoPE positions between the leading "
+                                                                     "image tokens and the rest")
+    position_scheme: str = setting(ReorderingLlavaConfig.position_scheme, "positions of the image tokens",
+                                    POSITION_SCHEMES)
+    v2pe_delta: float | None = setting(ReorderingLlavaConfig.v2pe_delta, "V2PE's step per image token "
+                                                                          "(none: 1/M)")
+    epochs: int = setting(1, "training epochs")
+    lora_r: int = setting(8, "LoRA rank")
+    lora_alpha: int = setting(16, "LoRA alpha")
+    lora_dropout: float = setting(0.05, "LoRA dropout")
+    learning_rate: float = setting(1e-4, "peak learning rate (cosine schedule)")
+    warmup_ratio: float = setting(0.03, "fraction of the steps spent warming up")
+    batch_size: int = setting(4, "rows per device and step")
+    grad_accum: int = setting(4, "gradient accumulation steps")
+    max_new_tokens: int = setting(64, "generated tokens per answer (BLEU)")
+    early_stopping_patience: int | None = setting(2, "epochs without a better validation loss before "
+                                                      "stopping (none: never stop early)")
+    seed: int = setting(0, "seed of the run (initialisation, data order, dropout)")
 
     def validate(self) -> "FinetuneConfig":
         """Raise ValueError naming the first bad setting; returns self.
@@ -503,35 +516,40 @@ def _check_fingerprint(run_dir: Path, stored: dict[str, Any], fingerprint: str) 
         )
 
 
+@dataclasses.dataclass
+class FinetuneRun:
+    """The CLI's run-level flags (the rest are :class:`FinetuneConfig`'s)."""
+
+    _argument_group_name = "run"
+    # required; argparse.SUPPRESS keeps "(default: None)" out of --help
+    run_dir: str = dataclasses.field(metadata={"help": "where the run's files go (an unfinished run there resumes)",
+                                               "default": argparse.SUPPRESS})
+    profile: str = setting("cpu", "the run profile whose settings are the defaults of the settings below", PROFILES)
+    restart: bool = setting(False, "discard the run's files in --run-dir (finished or not) and train from scratch")
+    no_progress: bool = setting(False, "no progress bars or per-epoch lines")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``python -m gpslib.finetune --profile cpu --reorder cosine --run-dir DIR [--set key=value ...]``."""
-    parser = argparse.ArgumentParser(prog="python -m gpslib.finetune", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="cpu", help="smoke | cpu | paper (default cpu)")
-    parser.add_argument("--reorder", default="none", help=f"one of {STRATEGIES}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--run-dir", required=True, help="where the run's files go (resumed if present)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a setting, e.g. --set epochs=3 (values are JSON, else strings)")
-    parser.add_argument("--restart", action="store_true",
-                        help="discard the run's files in --run-dir (finished or not) and train from scratch")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    """CLI: ``python -m gpslib.finetune --run-dir DIR [--profile cpu] [--reorder cosine] [--SETTING VALUE ...]``.
+
+    A flag for every :class:`FinetuneConfig` field (``--help`` lists them with the
+    profile's values as defaults), plus :class:`FinetuneRun`'s. Bad values exit with status
+    2 and a message naming them, before a model is resolved, built or loaded.
+    """
+    prog = "python -m gpslib.finetune"
+    description = (f"{__doc__.splitlines()[0]} Every setting defaults to the --profile's value "
+                   f"(shown for the profile given, e.g. --profile smoke --help).")
+    profile = preparse(argv, profile="cpu")["profile"]
     try:
-        check_profile(args.profile)
-        overrides: dict[str, Any] = {"reorder": args.reorder, "seed": args.seed}
-        for item in args.set:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--set takes KEY=VALUE; got {item!r}")
-            try:
-                overrides[key] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[key] = value
-        config = config_for_profile(args.profile, **overrides)
+        defaults = dataclasses.asdict(config_for_profile(check_profile(profile)))
     except ValueError as err:
-        parser.error(str(err))
+        argparse.ArgumentParser(prog=prog).error(str(err))
+    flags = settings_flags(FinetuneConfig, defaults, f"settings (defaults: the {profile} profile)")
+    parser = HfArgumentParser((FinetuneRun, flags), prog=prog, description=description, allow_abbrev=False)
+    run, values = parse(parser, argv)
+    config = flags_to_config(parser, FinetuneConfig, values)
     try:
-        table = finetune(config, args.run_dir, progress=not args.no_progress, restart=args.restart)
+        table = finetune(config, run.run_dir, progress=not run.no_progress, restart=run.restart)
     except _RunDirError as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     if int(os.environ.get("RANK", "0")) == 0:

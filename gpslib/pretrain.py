@@ -25,7 +25,8 @@ model size, the training settings, the code that trains it
 atomically. An interrupted run resumes from its newest complete checkpoint in
 ``<dir>.partial/``. :func:`ensure_base_model` is what notebooks call.
 
-CLI: ``python -m gpslib.pretrain --profile cpu --base image_first [--seed 0] [--force]``.
+CLI: ``python -m gpslib.pretrain --profile cpu --base image_first [--seed 0] [--force] [--steps 500 ...]``
+(:func:`main`; ``--help`` lists a flag per :class:`PretrainConfig` field).
 """
 
 from __future__ import annotations
@@ -44,21 +45,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from transformers import LlavaForConditionalGeneration, PrinterCallback, TrainerCallback, TrainingArguments
+from transformers import (HfArgumentParser, LlavaForConditionalGeneration, PrinterCallback, TrainerCallback,
+                          TrainingArguments)
 
 from gpslib.atomic_files import replace_directory
 from gpslib.checkpoints import ResumableTrainer, latest_complete_checkpoint
+from gpslib.cli import flags_to_config, parse, preparse, setting, settings_flags
 from gpslib.data import VQACollator
 from gpslib.generation import unwrap_model
 from gpslib.model import MODEL_SIZES, build_model, build_processor, load_model, tiny_llava_config
 from gpslib.provenance import code_fingerprint, settings_hash
 from gpslib.reordering_config import LAYOUTS
-from gpslib.run_profiles import check_profile, profile_settings
+from gpslib.run_profiles import PROFILES, check_profile, profile_settings
 from gpslib.runtime import setup
-from gpslib.shapes_vqa import shapes_vqa
+from gpslib.shapes_vqa import LazyShapesVQA
 
 __all__ = ["BASE_MODELS", "PretrainConfig", "layout_for_step", "pretrain", "embedded_cache_dir", "train_settings",
-           "base_model_dir", "ensure_base_model", "main"]
+           "base_model_dir", "ensure_base_model", "PretrainRun", "main"]
 
 BASE_MODELS = ("image_first", "mixed")
 _INFO, _HISTORY = "train_info.json", "history.csv"
@@ -68,18 +71,20 @@ _INFO, _HISTORY = "train_info.json", "history.csv"
 class PretrainConfig:
     """The training settings of one base model (they key its cache entry)."""
 
-    size: str = "embedded"  # a key of gpslib.model.MODEL_SIZES
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup: int = 100  # linear warmup steps, then cosine to 10% of lr
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    vision_lr_scale: float = 0.1  # the vision tower and projector learn at this fraction of lr
-    layouts: str = "image_first"  # "image_first" or "mixed" (every layout and gap, see layout_for_step)
-    max_gap: int = 0  # G: position gaps drawn from [0, G] ("mixed")
-    init: str | None = None  # None: from scratch; "image_first": continue the image-first model of the profile
-    dataloader_workers: int = 0  # processes drawing the images beside the training process
+    size: str = setting("embedded", "model size, a key of gpslib.model.MODEL_SIZES", tuple(MODEL_SIZES))
+    steps: int = setting(2000, "training steps (one fresh batch of ShapesVQA rows each)")
+    batch_size: int = setting(32, "rows per step")
+    lr: float = setting(2e-3, "peak learning rate (AdamW)")
+    warmup: int = setting(100, "linear warmup steps, then cosine to 10%% of lr")
+    weight_decay: float = setting(0.01, "AdamW weight decay")
+    grad_clip: float = setting(1.0, "gradient-norm clipping")
+    vision_lr_scale: float = setting(0.1, "the vision tower and projector learn at this fraction of lr")
+    layouts: str = setting("image_first", "image_first, or mixed: every layout and gap (see layout_for_step)",
+                            BASE_MODELS)
+    max_gap: int = setting(0, "G: position gaps drawn from [0, G] (mixed)")
+    init: str | None = setting(None, "none: from scratch; image_first: continue the image-first model of the "
+                                      "profile", (None, "image_first"))
+    dataloader_workers: int = setting(0, "processes drawing the images beside the training process")
 
     def validate(self) -> "PretrainConfig":
         """Raise ValueError naming the first bad setting; returns self."""
@@ -195,8 +200,9 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
             raise ValueError("a continued run (init='image_first') needs the profile its initial model comes from")
         model, _ = load_model(base_model_dir(profile, seed, base="image_first", progress=progress), reorder="none")
     size = MODEL_SIZES[config.size]
-    data = shapes_vqa(config.steps * config.batch_size, seed=seed + (1000 if config.init else 0), split="train",
-                      image_size=size["image_size"])
+    # each row is read once: drawn on access, not materialised (gpslib.shapes_vqa's docstring has the numbers)
+    data = LazyShapesVQA(config.steps * config.batch_size, seed=seed + (1000 if config.init else 0), split="train",
+                         image_size=size["image_size"])
     vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
     seen = {id(p) for p in vision}
     groups = [{"params": [p for p in model.parameters() if id(p) not in seen], "lr": config.lr},
@@ -291,26 +297,53 @@ def ensure_base_model(profile: str, seed: int = 0, base: str = "image_first", fo
     return load_model(base_model_dir(profile, seed, base, force, progress))
 
 
+@dataclasses.dataclass
+class PretrainRun:
+    """The CLI's run-level flags (the rest are :class:`PretrainConfig`'s)."""
+
+    _argument_group_name = "run"
+    profile: str = setting("cpu", "the run profile whose base model's settings are the defaults below", PROFILES)
+    base: str = setting("image_first", "which of the profile's base models", BASE_MODELS)
+    seed: int = setting(0, "seed of the model (initialisation, data); part of its cache key")
+    force: bool = setting(False, "retrain even if the cache holds the model")
+    threads: int | None = setting(None, "torch threads (unset: $GPSLIB_THREADS, else 1; gpslib.runtime)")
+    no_progress: bool = setting(False, "no progress lines")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI: pretrain (or find cached) a base model of a profile and print where it is."""
-    parser = argparse.ArgumentParser(prog="python -m gpslib.pretrain", description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="cpu", choices=["smoke", "cpu", "paper"])
-    parser.add_argument("--base", default="image_first", choices=list(BASE_MODELS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="retrain even if the cache holds the model")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: gpslib.runtime)")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    """CLI: pretrain (or find cached) a base model and print where it is.
+
+    ``python -m gpslib.pretrain [--profile cpu] [--base image_first] [--SETTING VALUE ...]``:
+    a flag for every :class:`PretrainConfig` field (``--help`` lists them with the profile's
+    settings of ``--base`` as defaults), plus :class:`PretrainRun`'s. With no setting flags
+    it trains exactly what :func:`ensure_base_model` finds; other values are cached under
+    their own key. Bad values exit with status 2 and a message naming them, before any
+    model is built.
+    """
+    prog = "python -m gpslib.pretrain"
+    description = (f"{__doc__.splitlines()[0]} Every setting defaults to the value of the --profile's --base "
+                   f"model (shown for the ones given, e.g. --profile smoke --help).")
+    known = preparse(argv, profile="cpu", base="image_first")
     try:
-        setup(args.profile, seed=args.seed, threads=args.threads, verbose=False)
+        settings = train_settings(check_profile(known["profile"]), known["base"])
+    except ValueError as err:
+        argparse.ArgumentParser(prog=prog).error(str(err))
+    if "model" in settings:
+        argparse.ArgumentParser(prog=prog).error(
+            f"profile {known['profile']!r} uses the hub model {settings['model']!r}; there is nothing to pretrain")
+    flags = settings_flags(PretrainConfig, settings, f"settings (defaults: the {known['profile']} profile's "
+                                                     f"{known['base']} model)")
+    parser = HfArgumentParser((PretrainRun, flags), prog=prog, description=description, allow_abbrev=False)
+    run, values = parse(parser, argv)
+    config = flags_to_config(parser, PretrainConfig, values)
+    try:
+        setup(run.profile, seed=run.seed, threads=run.threads, verbose=False)
     except ValueError as err:
         parser.error(str(err))
-    settings = train_settings(args.profile, args.base)
-    if "model" in settings:
-        parser.error(f"profile {args.profile!r} uses the hub model; there is nothing to pretrain")
-    path = embedded_cache_dir(args.seed, settings)
-    cached = (path / _INFO).exists() and not args.force
-    base_model_dir(args.profile, args.seed, args.base, args.force, progress=not args.no_progress)
+    path = embedded_cache_dir(run.seed, dataclasses.asdict(config))
+    cached = (path / _INFO).exists() and not run.force
+    if not cached:
+        pretrain(config, seed=run.seed, profile=run.profile, progress=not run.no_progress)
     info = json.loads((path / _INFO).read_text())
     print(f"{'cached' if cached else 'trained'}: {path} ({info['parameters']} parameters, "
           f"{info['steps']} steps in {info['seconds']:.1f} s)")

@@ -4,12 +4,13 @@ Every test runs offline (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1``) with o
 thread, so results do not depend on the machine's core count. Tests that start processes
 (the 2-process fine-tune, the CLIs, ``run_all.sh``) carry the ``slow`` marker:
 ``pytest -m "not slow"`` skips them for a quick check; CI runs everything. Helpers that
-several files need (``strip``, ``vsft_messages``, ``scores``) live here too, imported with
+several files need (``strip``, ``vsft_messages``, ``scores``, ``cli_flags``) live here too, imported with
 ``from conftest import ...``, so no test file keeps a copy of its own.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -43,6 +44,12 @@ def vsft_messages(question, answer, n_image_parts=1):
 def scores(*shape, seed=0, dtype=torch.float64):
     """Seeded standard-normal scores of ``shape`` (the Sinkhorn tests' log_alpha)."""
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def cli_flags(settings):
+    """``settings`` (config fields) as the CLIs' flags: ``--name value``, dicts as JSON, None as ``none``."""
+    text = {dict: json.dumps, type(None): lambda v: "none"}
+    return [a for k, v in settings.items() for a in (f"--{k}", text.get(type(v), str)(v))]
 
 
 def pytest_configure(config):

@@ -39,6 +39,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_callback import TrainerState
 
+from conftest import cli_flags
 from gpslib import finetune as ft
 from gpslib.model import build_model, build_processor
 
@@ -65,7 +66,7 @@ def base_dir(tmp_path_factory):
     return path
 
 
-# the run, as FinetuneConfig fields and as the CLI's --set arguments (smoke profile + these)
+# the run, as FinetuneConfig fields and as the CLI's flags (smoke profile + these)
 def _settings(base_dir):
     return dict(model=str(base_dir), model_profile="smoke", reorder="gps", train_samples=4, eval_samples=4,
                 gen_samples=2, epochs=STEPS, batch_size=4, grad_accum=1, max_new_tokens=4,
@@ -179,13 +180,11 @@ def test_a_run_killed_four_times_and_resumed_equals_an_uninterrupted_run(base_di
 
     # the last resume: a fresh process, through the CLI, with the same settings
     settings = _settings(base_dir)
-    sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in settings.items()
-            if k not in ("reorder", "seed")]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
                TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     proc = subprocess.run(
-        [sys.executable, "-m", "gpslib.finetune", "--profile", "smoke", "--reorder", "gps", "--seed", "0",
-         "--run-dir", str(run_dir), "--no-progress", *[a for s in sets for a in ("--set", s)]],
+        [sys.executable, "-m", "gpslib.finetune", "--profile", "smoke", "--run-dir", str(run_dir), "--no-progress",
+         *cli_flags(settings)],
         capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -152,8 +153,70 @@ def test_cli_smoke_end_to_end(cache):
     cmd = [sys.executable, "-m", "gpslib.pretrain", "--profile", "smoke", "--no-progress"]
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "trained:" in first.stdout
+    assert f"trained: {embedded_cache_dir(0, pt.train_settings('smoke'), cache)} " in first.stdout
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert second.returncode == 0 and "cached:" in second.stdout
+    short = subprocess.run(cmd + ["--steps", "2", "--batch-size", "4", "--warmup", "1"], capture_output=True,
+                           text=True, env=env, timeout=600)
+    assert short.returncode == 0 and "trained:" in short.stdout and "2 steps" in short.stdout
     bad = subprocess.run(cmd[:3] + ["--profile", "nope"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "nope" in bad.stderr
+    bad = subprocess.run(cmd + ["--lr", "0"], capture_output=True, text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "lr=0.0" in bad.stderr
+
+
+class _Stop(Exception):
+    pass
+
+
+def _main_config(monkeypatch, argv):
+    """The config and seed ``pt.main(argv)`` would pretrain with (stopped before training)."""
+    seen = []
+
+    def record(config, seed, profile, progress):
+        seen.append((config, seed, profile))
+        raise _Stop
+
+    monkeypatch.setattr(pt, "pretrain", record)
+    with pytest.raises(_Stop):
+        pt.main(argv + ["--force", "--no-progress"])
+    return seen[0]
+
+
+def test_cli_without_setting_flags_trains_what_ensure_base_model_finds(monkeypatch):
+    for base in pt.BASE_MODELS:
+        config, seed, profile = _main_config(monkeypatch, ["--profile", "smoke", "--base", base])
+        assert config == PretrainConfig(**pt.train_settings("smoke", base)) and (seed, profile) == (0, "smoke")
+        assert embedded_cache_dir(seed, dataclasses.asdict(config)) == embedded_cache_dir(0, pt.train_settings(
+            "smoke", base))
+
+
+def test_cli_flags_override_the_profile_settings(monkeypatch):
+    config, seed, _ = _main_config(monkeypatch, ["--profile", "smoke", "--base", "mixed", "--steps", "7",
+                                                 "--max-gap", "64", "--init", "none", "--seed", "3"])
+    assert config == PretrainConfig(**{**pt.train_settings("smoke", "mixed"), "steps": 7, "max_gap": 64, "init": None})
+    assert seed == 3
+
+
+def test_cli_help_shows_every_setting_with_choices_and_the_profile_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pt.main(["--profile", "smoke", "--base", "mixed", "--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for name in [f.name for f in dataclasses.fields(PretrainConfig)] + ["profile", "base", "seed", "force", "threads",
+                                                                          "no_progress"]:
+        assert f"--{name}" in text, name
+    assert "--layouts {image_first,mixed}" in text and "--size {embedded,test,mirror}" in text
+    assert "(default: 10)" in text and "smoke profile's mixed model" in text  # the smoke mixed model's 10 steps
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--profile", "paper"], "nothing to pretrain"), (["--base", "both"], "'both'"), (["--steps", "0"], "steps=0"),
+    (["--init", "scratch"], "invalid choice: 'scratch'"), (["--size", "huge"], "invalid choice: 'huge'"),
+    (["--threads", "0"], "threads must be >= 1"), (["--epochs", "3"], "unrecognized arguments: --epochs 3"),
+])
+def test_cli_usage_errors_exit_2_naming_the_value_before_any_training(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(pt, "pretrain", lambda *a, **k: pytest.fail("trained despite a bad value"))
+    with pytest.raises(SystemExit) as exit_info:
+        pt.main(["--profile", "smoke", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -6,11 +6,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gpslib.shapes_vqa import (
     COLOURS,
     QUESTION_TYPES,
+    LazyShapesVQA,
     answer_correct,
     draw_scene,
     make_sample,
@@ -52,12 +54,70 @@ def test_same_seed_gives_identical_rows_and_other_seed_differs():
 
 
 def test_row_does_not_depend_on_dataset_length_or_access_order():
-    small, big = shapes_vqa(3, seed=1), shapes_vqa(1000, seed=1)
+    small, big = shapes_vqa(3, seed=1), shapes_vqa(300, seed=1, chunk_size=128)
     assert big[2]["messages"] == small[2]["messages"]
-    picked = big.select([907, 2])
-    assert [r["messages"] for r in picked] == [big[907]["messages"], small[2]["messages"]]
+    picked = big.select([207, 2])
+    assert [r["messages"] for r in picked] == [big[207]["messages"], small[2]["messages"]]
+    assert big[207]["messages"] == make_sample(207, seed=1)["messages"]  # across a chunk boundary
     shuffled = big.shuffle(seed=0)
-    assert len(shuffled) == 1000 and shuffled[0]["question_type"] in QUESTION_TYPES
+    assert len(shuffled) == 300 and shuffled[0]["question_type"] in QUESTION_TYPES
+
+
+def _same_row(a, b):
+    assert {k: v for k, v in a.items() if k != "images"} == {k: v for k, v in b.items() if k != "images"}
+    assert len(a["images"]) == len(b["images"]) == 1
+    assert np.array_equal(np.asarray(a["images"][0]), np.asarray(b["images"][0]))
+
+
+def test_dataset_columns_and_features_show_every_field():
+    import datasets
+
+    ds = shapes_vqa(4, seed=2, image_size=32)
+    columns = ["messages", "images", "question_type", "short_answer", "objects", "mentions"]
+    assert ds.column_names == columns and list(ds.features) == columns
+    assert isinstance(ds.features["images"], datasets.List) and isinstance(ds.features["images"].feature, datasets.Image)
+    assert set(ds.features["messages"].feature) == {"role", "content"}
+    assert set(ds.features["messages"].feature["content"].feature) == {"type", "text"}
+    assert set(ds.features["objects"].feature) == {"shape", "colour", "size", "box"}
+    assert set(ds.features["mentions"].feature) == {"word", "object_index", "start", "end"}
+    for i in range(4):  # PNG round trip: the stored rows are make_sample's, pixel for pixel
+        _same_row(ds[i], make_sample(i, seed=2, image_size=32))
+
+
+def test_lazy_rows_equal_the_dataset_rows():
+    lazy, ds = LazyShapesVQA(5, seed=4, split="test", image_size=32), shapes_vqa(5, seed=4, split="test", image_size=32)
+    assert len(lazy) == len(ds) == 5 and isinstance(lazy, torch.utils.data.Dataset)
+    for i in range(5):
+        _same_row(lazy[i], ds[i])
+    _same_row(lazy[-1], ds[4])
+    with pytest.raises(IndexError, match="5"):
+        lazy[5]
+    with pytest.raises(ValueError, match="validation"):
+        LazyShapesVQA(3, split="validation")
+
+
+def test_save_to_disk_and_load_from_disk_round_trip(tmp_path):
+    import datasets
+
+    ds = shapes_vqa(3, seed=5, image_size=32)
+    ds.save_to_disk(tmp_path / "shapes")
+    loaded = datasets.load_from_disk(tmp_path / "shapes")
+    assert loaded.features == ds.features and len(loaded) == 3
+    for i in range(3):
+        _same_row(loaded[i], ds[i])
+
+
+def test_pandas_remove_columns_and_map_see_the_real_columns():
+    ds = shapes_vqa(6, seed=6, image_size=32)
+    df = ds.to_pandas()
+    assert list(df.columns) == ds.column_names and len(df) == 6
+    assert df["question_type"].tolist() == [ds[i]["question_type"] for i in range(6)]
+    assert isinstance(df["images"][0][0]["bytes"], bytes)  # PNG bytes, as datasets stores images
+    text = ds.remove_columns(["images", "objects", "mentions"])
+    assert text.column_names == ["messages", "question_type", "short_answer"]
+    counted = ds.map(lambda row: {"n_objects": len(row["objects"])}, remove_columns=["images"])
+    assert counted["n_objects"] == [len(make_sample(i, seed=6, with_image=False)["objects"]) for i in range(6)]
+    assert "images" not in counted.column_names and "n_objects" in counted.column_names
 
 
 def test_train_and_test_scenes_are_disjoint():
@@ -77,11 +137,11 @@ def test_train_and_test_scenes_are_disjoint():
         scene_split(train[0]["objects"])
 
 
-def test_large_dataset_is_cheap_to_create():
+def test_large_lazy_dataset_is_cheap_to_create():
     start = time.perf_counter()
-    ds = shapes_vqa(150_000, seed=0)
-    assert len(ds) == 150_000
-    assert time.perf_counter() - start < 5.0
+    ds = LazyShapesVQA(150_000, seed=0)
+    assert len(ds) == 150_000 and ds[149_999]["question_type"] in QUESTION_TYPES
+    assert time.perf_counter() - start < 1.0
 
 
 def test_every_question_type_occurs_and_can_be_restricted(rows_64px):
@@ -162,3 +222,6 @@ def test_scorer_and_builder_reject_bad_values():
         shapes_vqa(3, question_types=("colours",))
     with pytest.raises(ValueError, match="-1"):
         shapes_vqa(-1)
+    with pytest.raises(ValueError, match="chunk_size"):
+        shapes_vqa(3, chunk_size=0)
+    assert len(shapes_vqa(0)) == 0 and shapes_vqa(0).column_names[:2] == ["messages", "images"]
