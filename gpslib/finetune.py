@@ -55,7 +55,7 @@ from gpslib.positions import POSITION_SCHEMES
 from gpslib.provenance import code_fingerprint, settings_hash
 from gpslib.reordering_config import REORDERING_FIELDS, STRATEGIES, ReorderingLlavaConfig, check_reordering_settings
 from gpslib.run_profiles import PROFILES, check_profile, profile_settings
-from gpslib.runtime import seed_everything
+from gpslib.runtime import seed_everything, setup
 from gpslib.shapes_vqa import shapes_vqa
 from gpslib.sinkhorn import tau_schedule
 from gpslib.tokenmixer import PLACEMENTS
@@ -527,6 +527,8 @@ class FinetuneRun:
     profile: str = setting("cpu", "the run profile whose settings are the defaults of the settings below", PROFILES)
     restart: bool = setting(False, "discard the run's files in --run-dir (finished or not) and train from scratch")
     no_progress: bool = setting(False, "no progress bars or per-epoch lines")
+    threads: int | None = setting(None, "torch threads (unset: $GPSLIB_THREADS, else 1; gpslib.runtime); "
+                                           "results depend on it, and the run records it")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -548,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = HfArgumentParser((FinetuneRun, flags), prog=prog, description=description, allow_abbrev=False)
     run, values = parse(parser, argv)
     config = flags_to_config(parser, FinetuneConfig, values)
+    try:
+        setup(run.profile, seed=config.seed, threads=run.threads, verbose=False)
+    except ValueError as err:
+        parser.error(str(err))
     try:
         table = finetune(config, run.run_dir, progress=not run.no_progress, restart=run.restart)
     except _RunDirError as err:

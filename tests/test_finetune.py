@@ -314,10 +314,25 @@ def test_flags_override_the_profile_settings_and_nothing_else(tmp_path, monkeypa
     assert seen[-1][0] == ft.config_for_profile("cpu", early_stopping_patience=None)
 
 
+def test_the_cli_fixes_the_thread_count_the_results_depend_on(tmp_path, monkeypatch):
+    threads = []
+    monkeypatch.setattr(ft, "finetune", lambda config, run_dir, progress, restart: threads.append(
+        torch.get_num_threads()) or pd.DataFrame())
+    before = torch.get_num_threads()
+    try:
+        ft.main(["--profile", "smoke", "--run-dir", str(tmp_path), "--threads", "2"])
+        monkeypatch.delenv("GPSLIB_THREADS", raising=False)
+        ft.main(["--profile", "smoke", "--run-dir", str(tmp_path)])
+    finally:
+        torch.set_num_threads(before)
+    assert threads == [2, 1]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--gps", "{sinkhorn_iters: 2}"], "is not JSON"), (["--gps", "[1, 2]"], "is not a JSON object"),
     (["--profile", "laptop"], "'laptop'"), (["--epochs", "two"], "invalid int value: 'two'"),
     (["--colour", "red"], "unrecognized arguments: --colour red"), (["--epochs", "0"], "epochs=0"),
+    (["--threads", "0"], "threads must be >= 1"),
 ])
 def test_cli_usage_errors_exit_2_naming_the_value(flags, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
