@@ -4,7 +4,9 @@ Goal (issue 12): the vectorised reordering (``cosine_reorder`` plus reading the 
 order) at least 100x faster than the authors'-style per-sample loop
 (:func:`gpslib.comparison_only.cosine_reorder_per_token`, then stacking the sequence) at
 B = 8, M = 576, N = 50, D = 2048; and the reorder cost per batch in ms. Both give the same
-order (checked). Best of ``--repeats`` runs, with one torch thread and with the default. Run:
+order (checked). Both start from the merged sequence (B, M + N, D), image tokens first, as
+the model holds it after LLaVA has placed the image features, and return it reordered. Best
+of ``--repeats`` runs, with one torch thread and with the default. Run:
 
     .venv/bin/python benchmarks/bench_tokenmixer.py [--threads N] [--repeats R]
 """
@@ -26,23 +28,21 @@ from gpslib.tokenmixer import cosine_reorder  # noqa: E402
 B, M, N, D, THRESHOLD = 8, 576, 50, 2048, 0.1
 
 
-def authors_style(image: torch.Tensor, text: torch.Tensor) -> list[torch.Tensor]:
+def authors_style(tokens: torch.Tensor) -> list[torch.Tensor]:
     """Per sample: the authors'-style loop, then the sequence stacked token by token, (M+N, D) each."""
     out = []
-    for b in range(image.shape[0]):
-        order = cosine_reorder_per_token(image[b], text[b], THRESHOLD, "before")
-        tokens = torch.cat([image[b], text[b]])
-        out.append(torch.stack([tokens[i] for i in order.tolist()]))
+    for b in range(tokens.shape[0]):
+        order = cosine_reorder_per_token(tokens[b, :M], tokens[b, M:], THRESHOLD, "before")
+        out.append(torch.stack([tokens[b, i] for i in order.tolist()]))
     return out
 
 
-def vectorised(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-    """``cosine_reorder`` for the batch, then one row gather: (B, M+N, D)."""
-    b, m, d = image.shape
-    order = cosine_reorder(image, text, THRESHOLD, "before")  # (B, M+N)
-    tokens = torch.cat([image, text], dim=1).view(-1, d)  # (B*(M+N), D)
-    rows = (order + torch.arange(b)[:, None] * order.shape[1]).view(-1)  # (B*(M+N),)
-    return tokens.index_select(0, rows).view(b, -1, d)
+def vectorised(tokens: torch.Tensor) -> torch.Tensor:
+    """``cosine_reorder`` for the batch (on views of the sequence), then one row gather: (B, M+N, D)."""
+    b, t, d = tokens.shape
+    order = cosine_reorder(tokens[:, :M], tokens[:, M:], THRESHOLD, "before")  # (B, M+N)
+    rows = (order + torch.arange(b)[:, None] * t).view(-1)  # (B*(M+N),)
+    return tokens.reshape(-1, d).index_select(0, rows).view(b, t, d)
 
 
 def main() -> None:
@@ -53,7 +53,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     image = torch.randn(B, M, D, generator=g)
     text = 0.05 * image[:, :N] + torch.randn(B, N, D, generator=g)  # correlated: some tokens pass the threshold
-    fast, slow = vectorised(image, text), authors_style(image, text)
+    tokens = torch.cat([image, text], dim=1)  # (B, M+N, D): the merged sequence, image tokens first
+    fast, slow = vectorised(tokens), authors_style(tokens)
     moved = (cosine_reorder(image, text, THRESHOLD, "before") != torch.arange(M + N)).float().mean()
     if not all(torch.equal(fast[b], slow[b]) for b in range(B)):
         raise SystemExit("the vectorised sequence differs from the authors'-style loop's")
@@ -61,8 +62,8 @@ def main() -> None:
     print(f"{'threads':>7} | {'loop ms':>9} | {'vectorised ms':>13} | {'speedup':>8}")
     for threads in thread_settings(args.threads):
         torch.set_num_threads(threads)
-        t_fast = best_time(lambda: vectorised(image, text), args.repeats)
-        t_slow = best_time(lambda: authors_style(image, text), max(1, args.repeats // 2))
+        t_fast = best_time(lambda: vectorised(tokens), args.repeats)
+        t_slow = best_time(lambda: authors_style(tokens), max(1, args.repeats // 2))
         print(f"{threads:>7} | {t_slow * 1e3:9.1f} | {t_fast * 1e3:13.2f} | {t_slow / t_fast:7.1f}x")
     print("goal: speedup >= 100x; 'vectorised ms' is the reorder cost per batch of 8 at the paper's geometry")
 
