@@ -77,6 +77,15 @@ def plain():
 
 
 @pytest.fixture(scope="session")
+def base_dir(tmp_path_factory):
+    """The test-size model and processor saved with ``save_pretrained``: a local stand-in for a hub model."""
+    path = tmp_path_factory.mktemp("base")
+    build_model("test", seed=0).save_pretrained(path)
+    build_processor("test").save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def rows():
     """N_ROWS ShapesVQA training rows at 32 px."""
     ds = shapes_vqa(N_ROWS, seed=0, split="train", image_size=32)

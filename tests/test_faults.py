@@ -41,7 +41,6 @@ from transformers.trainer_callback import TrainerState
 
 from conftest import cli_flags
 from gpslib import finetune as ft
-from gpslib.model import build_model, build_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("GPSLIB_FAULT_SEED", "13"))  # the seeded choice of kill points (try others)
@@ -56,14 +55,6 @@ KILL_POINTS = {
     "after_checkpoint": "right after checkpoint-k is complete",
     "after_training": "after the last step, before adapter/ and done.json are written",
 }
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    build_model("test", seed=0).save_pretrained(path)
-    build_processor("test").save_pretrained(path)
-    return path
 
 
 # the run, as FinetuneConfig fields and as the CLI's flags (smoke profile + these)

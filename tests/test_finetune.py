@@ -17,18 +17,10 @@ from conftest import cli_flags
 from gpslib import finetune as ft
 from gpslib.data import VQACollator
 from gpslib.evaluation import evaluate_run
-from gpslib.model import build_model, build_processor, load_model
+from gpslib.model import build_model, load_model
 from gpslib.shapes_vqa import shapes_vqa
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    build_model("test", seed=0).save_pretrained(path)
-    build_processor("test").save_pretrained(path)
-    return path
 
 
 def tiny(base_dir, **overrides):
