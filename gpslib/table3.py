@@ -52,16 +52,16 @@ DIVERGENCE_FACTOR = 1.5  # a GPS run diverged when its validation loss exceeds t
 def table3_jobs(profile: str, root: str | os.PathLike) -> list[tuple[str, str, int, FinetuneConfig, Path]]:
     """Every run of the profile's Table 3: (arm, strategy, seed, config, run directory).
 
-    The ``"table3"`` profile section names the strategies of each arm and the seeds of each
-    strategy; the runs' other settings are the ``"finetune"`` section's.
+    The ``"table3"`` profile section names each arm's strategies with their seeds; the runs'
+    other settings are the ``"finetune"`` section's.
     """
     plan = profile_settings("table3", profile)
     jobs = []
     for arm, strategies in plan["arms"].items():
         if arm not in ARMS:
             raise ValueError(f"unknown Table 3 arm {arm!r}; valid arms are {list(ARMS)}")
-        for strategy in strategies:
-            for seed in plan["seeds"][strategy]:
+        for strategy, seeds in strategies.items():
+            for seed in seeds:
                 config = config_for_profile(profile, reorder=strategy, seed=seed, **ARMS[arm])
                 jobs.append((arm, strategy, seed, config, run_dir_for(config, root, f"table3-{arm}-{strategy}-seed{seed}")))
     return jobs

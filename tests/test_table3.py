@@ -32,7 +32,7 @@ def _results(shift, seeds=(0, 1, 2), n=300, gps_losses=None):
 def test_jobs_cover_every_arm_strategy_and_seed_of_the_profile(tmp_path):
     jobs = table3.table3_jobs("cpu", tmp_path)
     plan = table3.profile_settings("table3", "cpu")
-    expected = {(arm, s, k) for arm, strategies in plan["arms"].items() for s in strategies for k in plan["seeds"][s]}
+    expected = {(arm, s, k) for arm, strategies in plan["arms"].items() for s, seeds in strategies.items() for k in seeds}
     assert {j[:3] for j in jobs} == expected and len(jobs) == len(expected)
     for arm, strategy, seed, config, run_dir in jobs:
         assert (config.base, config.position_gap) == (table3.ARMS[arm]["base"], table3.ARMS[arm]["position_gap"])
