@@ -7,7 +7,7 @@ import pytest
 from gpslib.checkpoints import latest_complete_checkpoint
 
 # finished_run: a fine-tuning run of tests/test_finetune.py (conftest cannot see it), rebuilt here small
-from test_finetune import base_dir, finished_run  # noqa: F401  (pytest fixtures)
+from test_finetune import finished_run  # noqa: F401  (pytest fixture; base_dir is in conftest)
 
 
 @pytest.mark.parametrize("damage", ["no_state", "truncated_state", "wrong_step", "no_optimizer", "no_rng"])
