@@ -6,7 +6,10 @@ every parameter, on fresh ShapesVQA training rows, through transformers' ``Train
 same stack as fine-tuning: checkpoints, resume, logging, several processes). AdamW with
 linear warmup and a cosine decay to 10% of ``lr``; gradient-norm clipping; the vision tower
 and projector learn at ``vision_lr_scale * lr``. The loss is the language-modelling loss on
-the answer tokens (:class:`gpslib.data.VQACollator`).
+the answer tokens (:class:`gpslib.data.VQACollator`). Before that, ``vision_steps`` steps of
+patch labels teach the vision tower to see (:func:`pretrain_vision_tower`: TinyLLaVA's tower
+comes pretrained, ours would not), and ``question_mix`` asks the hard question types (shape,
+existence, relation) more often than a uniform draw would.
 
 Two base models per profile (:data:`BASE_MODELS`, settings in ``gpslib.run_profiles``):
 
@@ -58,13 +61,13 @@ from gpslib.provenance import code_fingerprint, settings_hash
 from gpslib.reordering_config import LAYOUTS
 from gpslib.run_profiles import PROFILES, check_profile, profile_settings
 from gpslib.runtime import setup
-from gpslib.shapes_vqa import LazyShapesVQA
+from gpslib.shapes_vqa import OBJECT_SIZES, SHAPES, COLOURS, LazyShapesVQA, object_patches, question_type_weights
 
-__all__ = ["BASE_MODELS", "PretrainConfig", "layout_for_step", "pretrain", "embedded_cache_dir", "train_settings",
+__all__ = ["BASE_MODELS", "PretrainConfig", "layout_for_step", "pretrain_vision_tower", "pretrain", "embedded_cache_dir", "train_settings",
            "base_model_dir", "ensure_base_model", "PretrainRun", "main"]
 
 BASE_MODELS = ("image_first", "mixed")
-_INFO, _HISTORY = "train_info.json", "history.csv"
+_INFO, _HISTORY, _VISION_HISTORY = "train_info.json", "history.csv", "vision_history.csv"
 
 
 @dataclasses.dataclass
@@ -82,6 +85,10 @@ class PretrainConfig:
     layouts: str = setting("image_first", "image_first, or mixed: every layout and gap (see layout_for_step)",
                             BASE_MODELS)
     max_gap: int = setting(0, "G: position gaps drawn from [0, G] (mixed)")
+    vision_steps: int = setting(0, "steps of patch-level supervision of the vision tower before the VQA training "
+                                   "(see pretrain_vision_tower); 0: none")
+    question_mix: str = setting("uniform", "how often each question type is asked: uniform, or one weight per type "
+                                           "of gpslib.shapes_vqa.QUESTION_TYPES, e.g. 1,2,1,1,2,2,1")
     init: str | None = setting(None, "none: from scratch; image_first: continue the image-first model of the "
                                       "profile", (None, "image_first"))
     dataloader_workers: int = setting(0, "processes drawing the images beside the training process")
@@ -106,6 +113,10 @@ class PretrainConfig:
             raise ValueError(f"layouts must be one of {BASE_MODELS}; got layouts={self.layouts!r}")
         if not isinstance(self.max_gap, int) or self.max_gap < 0:
             raise ValueError(f"max_gap must be an int >= 0; got max_gap={self.max_gap!r}")
+        if not isinstance(self.vision_steps, int) or isinstance(self.vision_steps, bool) or self.vision_steps < 0:
+            raise ValueError(f"vision_steps must be an int >= 0; got vision_steps={self.vision_steps!r}")
+        if self.question_mix != "uniform":
+            question_type_weights(self.question_mix)
         if self.init not in (None, "image_first"):
             raise ValueError(f"init must be None or 'image_first'; got init={self.init!r}")
         if not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0:
@@ -177,6 +188,68 @@ class _Schedule(TrainerCallback):
                   f"{loss}, {self.seconds[state.global_step]:.0f} s", flush=True)
 
 
+def pretrain_vision_tower(model, processor, config: PretrainConfig, seed: int, progress: bool = True) -> pd.DataFrame:
+    """Teach the vision tower to see before the VQA training: ``config.vision_steps`` steps of patch labels.
+
+    TinyLLaVA's vision tower comes pretrained (CLIP); the embedded model's starts from random
+    weights, and trained only through the language loss it learnt colour late and shape not at
+    all (shape questions at chance; issue 11). Here every patch of a fresh ShapesVQA training
+    image (its own seed, ``seed + 2000``) is labelled with the shape, colour and size of the
+    object covering it (or "background"), and three linear heads on the features the projector
+    reads (``vision_feature_layer``, CLS dropped) are trained with the tower by AdamW (``lr``,
+    50 warmup steps, cosine to 10%), one cross-entropy per attribute. The heads are discarded.
+    Returns the per-step history (step, vision_loss, seconds). Changes ``model`` in place.
+    """
+    size = MODEL_SIZES[config.size]
+    image_size, patch = size["image_size"], size["patch_size"]
+    grid = (image_size // patch) ** 2
+    tower = unwrap_model(model).model.vision_tower
+    layer = unwrap_model(model).config.vision_feature_layer
+    attributes = (SHAPES, tuple(COLOURS), OBJECT_SIZES)
+    generator = torch.Generator().manual_seed(seed + 2000)
+    heads = torch.nn.Linear(tower.config.hidden_size, sum(len(a) + 1 for a in attributes))
+    with torch.no_grad():
+        bound = 1 / math.sqrt(tower.config.hidden_size)
+        heads.weight.uniform_(-bound, bound, generator=generator)
+        heads.bias.zero_()
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warm = min(50, config.vision_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, config.vision_steps, warm))
+    data = LazyShapesVQA(config.vision_steps * config.batch_size, seed=seed + 2000, split="train",
+                         image_size=image_size)
+    history, start = [], time.perf_counter()
+    tower.train()
+    for step in range(config.vision_steps):
+        rows = [data[i] for i in range(step * config.batch_size, (step + 1) * config.batch_size)]
+        pixels = processor.image_processor(images=[r["images"][0] for r in rows], return_tensors="pt")["pixel_values"]
+        labels = torch.tensor([len(a) for a in attributes]).repeat(len(rows), grid, 1)  # "background"
+        for b, row in enumerate(rows):
+            for o in row["objects"]:
+                cls = torch.tensor([SHAPES.index(o["shape"]), list(COLOURS).index(o["colour"]),
+                                    OBJECT_SIZES.index(o["size"])])
+                labels[b, object_patches(o["box"], image_size, patch)] = cls
+        features = tower(pixels, output_hidden_states=True).hidden_states[layer][:, 1:]
+        logits = heads(features)
+        loss, first = 0.0, 0
+        for j, names in enumerate(attributes):
+            width = len(names) + 1
+            loss = loss + torch.nn.functional.cross_entropy(logits[..., first:first + width].reshape(-1, width),
+                                                            labels[..., j].reshape(-1))
+            first += width
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        sched.step()
+        history.append({"step": step + 1, "vision_loss": float(loss), "seconds": time.perf_counter() - start})
+        every = max(1, config.vision_steps // 5)
+        if progress and ((step + 1) % every == 0 or step + 1 == config.vision_steps):
+            print(f"pretrain {config.size} vision tower: step {step + 1}/{config.vision_steps}, "
+                  f"loss {float(loss):.4f}, {time.perf_counter() - start:.0f} s", flush=True)
+    return pd.DataFrame(history)
+
+
 def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, cache_dir=None, save: bool = True,
              checkpoint_every: int = 200, progress: bool = True):
     """Train one base model; returns ``(model, processor, history)``.
@@ -200,9 +273,19 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
             raise ValueError("a continued run (init='image_first') needs the profile its initial model comes from")
         model, _ = load_model(base_model_dir(profile, seed, base="image_first", progress=progress), reorder="none")
     size = MODEL_SIZES[config.size]
+    resume = latest_complete_checkpoint(partial / "checkpoints") if save else None
+    vision_history = pd.DataFrame(columns=["step", "vision_loss", "seconds"])
+    if config.vision_steps and resume is None:  # a checkpoint holds the vision tower it trained on
+        vision_history = pretrain_vision_tower(model, processor, config, seed, progress)
+        if save:
+            partial.mkdir(parents=True, exist_ok=True)
+            vision_history.to_csv(partial / _VISION_HISTORY, index=False)
+    elif config.vision_steps and (partial / _VISION_HISTORY).exists():
+        vision_history = pd.read_csv(partial / _VISION_HISTORY)
     # each row is read once: drawn on access, not materialised (gpslib.shapes_vqa's docstring has the numbers)
     data = LazyShapesVQA(config.steps * config.batch_size, seed=seed + (1000 if config.init else 0), split="train",
-                         image_size=size["image_size"])
+                         image_size=size["image_size"],
+                         type_weights=None if config.question_mix == "uniform" else config.question_mix)
     vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n]
     seen = {id(p) for p in vision}
     groups = [{"params": [p for p in model.parameters() if id(p) not in seen], "lr": config.lr},
@@ -220,7 +303,6 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
     trainer = ResumableTrainer(model=model, args=args, train_dataset=data, optimizers=(opt, sched), callbacks=[schedule],
                       data_collator=VQACollator(processor, "train", grounding=config.layouts == "mixed"))
     trainer.remove_callback(PrinterCallback)
-    resume = latest_complete_checkpoint(partial / "checkpoints") if save else None
     model.train()
     trainer.train(resume_from_checkpoint=resume)
     inner = unwrap_model(trainer.model)
@@ -235,15 +317,18 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
                              if s in schedule.layouts else {})} for s, e in sorted(losses.items())])
     if save:
         seconds = float(hist["seconds"].max()) if len(hist) else 0.0
+        vision_seconds = float(vision_history["seconds"].max()) if len(vision_history) else 0.0
         info = dict(dataclasses.asdict(config), seed=seed, seconds=seconds, seconds_per_step=seconds / max(1, len(hist)),
+                    vision_seconds=vision_seconds, total_seconds=vision_seconds + seconds,
                     parameters=sum(p.numel() for p in plain.parameters()), torch_threads=torch.get_num_threads(),
                     resumed_from=None if resume is None else Path(resume).name, torch=torch.__version__)
-        _save(final, plain, processor, hist, info)
+        _save(final, plain, processor, hist, info, vision_history)
         shutil.rmtree(partial, ignore_errors=True)
     return plain, processor, hist
 
 
-def _save(final: Path, model, processor, hist: pd.DataFrame, info: dict[str, Any]) -> None:
+def _save(final: Path, model, processor, hist: pd.DataFrame, info: dict[str, Any],
+          vision_history: pd.DataFrame) -> None:
     """Write into a temporary sibling folder, then move it to ``final`` (replacing an old one)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
@@ -251,6 +336,8 @@ def _save(final: Path, model, processor, hist: pd.DataFrame, info: dict[str, Any
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
     hist.to_csv(tmp / _HISTORY, index=False)
+    if len(vision_history):
+        vision_history.to_csv(tmp / _VISION_HISTORY, index=False)
     (tmp / _INFO).write_text(json.dumps(info, indent=2) + "\n")
     replace_directory(tmp, final)
 

@@ -69,6 +69,7 @@ __all__ = [
     "object_patches",
     "answer_correct",
     "CHANCE",
+    "question_type_weights",
 ]
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -407,9 +408,13 @@ class LazyShapesVQA(torch.utils.data.Dataset):
     """
 
     def __init__(self, num_samples: int, seed: int = 0, split: str = "train", image_size: int = 64,
-                 question_types: tuple[str, ...] | None = None, noise: float = 12.0):
+                 question_types: tuple[str, ...] | None = None, noise: float = 12.0,
+                 type_weights: tuple[float, ...] | None = None):
         self.num_samples = num_samples
         self.kwargs = _checked_kwargs(num_samples, seed, split, image_size, question_types, noise)
+        if type_weights is not None and question_types is not None:
+            raise ValueError("give question_types or type_weights, not both")
+        self.type_weights = None if type_weights is None else question_type_weights(type_weights)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -419,10 +424,35 @@ class LazyShapesVQA(torch.utils.data.Dataset):
             raise TypeError(f"LazyShapesVQA indices are ints, got {index!r}")
         if not -self.num_samples <= index < self.num_samples:
             raise IndexError(f"index {index} is out of range for {self.num_samples} rows")
-        return make_sample(int(index) % self.num_samples, **self.kwargs)
+        index = int(index) % self.num_samples
+        if self.type_weights is None:
+            return make_sample(index, **self.kwargs)
+        rng = np.random.default_rng([int(self.kwargs["seed"]), _SPLITS[self.kwargs["split"]], index, 7])
+        qtype = QUESTION_TYPES[int(rng.choice(len(QUESTION_TYPES), p=self.type_weights))]
+        return make_sample(index, **{**self.kwargs, "question_types": (qtype,)})
 
     def __repr__(self) -> str:
-        return f"LazyShapesVQA(num_samples={self.num_samples}, {self.kwargs})"
+        weights = "" if self.type_weights is None else f", type_weights={tuple(self.type_weights.round(3))}"
+        return f"LazyShapesVQA(num_samples={self.num_samples}, {self.kwargs}{weights})"
+
+
+def question_type_weights(weights: Any) -> np.ndarray:
+    """How often each of :data:`QUESTION_TYPES` is asked: ``weights`` (one per type, in that order,
+    or a string ``"1,2,1,1,2,2,1"``) normalised to sum 1. ValueError naming a bad value.
+
+    Row ``i`` of a :class:`LazyShapesVQA` with ``type_weights`` asks a question of the type drawn
+    with these probabilities from ``default_rng([seed, split_code, i, 7])``, then draws a scene
+    where that type applies (so a resumed run reads the rows an uninterrupted one does).
+    """
+    values = weights.split(",") if isinstance(weights, str) else list(weights)
+    try:
+        w = np.array([float(v) for v in values])
+    except (TypeError, ValueError):
+        raise ValueError(f"question-type weights must be numbers; got {weights!r}") from None
+    if len(w) != len(QUESTION_TYPES) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"question-type weights must be {len(QUESTION_TYPES)} finite numbers >= 0 (one per type "
+                         f"of {list(QUESTION_TYPES)}), not all zero; got {weights!r}")
+    return w / w.sum()
 
 
 def shapes_vqa(num_samples: int, seed: int = 0, split: str = "train", image_size: int = 64,

@@ -49,8 +49,28 @@ def test_pretraining_lowers_the_loss_and_saves_a_model_that_loads_with_the_same_
     assert not [p.name for p in cache.iterdir() if p.name.startswith(".") or p.name.endswith(".partial")]
 
 
+def test_vision_pretraining_lowers_the_patch_label_loss_and_changes_only_the_vision_tower(cache):
+    config = PretrainConfig(**{**TINY, "vision_steps": 24, "batch_size": 8})
+    model = pt.build_model("test", seed=0, reorder="none")
+    before = _weights(model)
+    hist = pt.pretrain_vision_tower(model, pt.build_processor("test"), config, seed=0, progress=False)
+    assert hist["step"].tolist() == list(range(1, 25))
+    assert hist["vision_loss"].iloc[-4:].mean() < 0.8 * hist["vision_loss"].iloc[:4].mean()
+    changed = {k for k, v in _weights(model).items() if not torch.equal(v, before[k])}
+    assert changed and all("vision_tower" in k for k in changed)
+
+
+def test_a_model_with_vision_steps_saves_both_histories_and_their_times(cache):
+    config = PretrainConfig(**{**TINY, "vision_steps": 3, "question_mix": "0,1,0,0,0,0,0"})
+    pt.pretrain(config, seed=0, progress=False)
+    path = embedded_cache_dir(0, dataclasses.asdict(config))
+    info = json.loads((path / "train_info.json").read_text())
+    assert pd.read_csv(path / "vision_history.csv")["step"].tolist() == [1, 2, 3]
+    assert info["total_seconds"] == pytest.approx(info["seconds"] + info["vision_seconds"]) and info["vision_seconds"] > 0
+
+
 def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(cache, monkeypatch):
-    config = PretrainConfig(**TINY)
+    config = PretrainConfig(**TINY, vision_steps=2, question_mix="1,2,1,1,2,2,1")
     reference, _, _ = pt.pretrain(config, seed=0, progress=False, cache_dir=cache / "ref", checkpoint_every=2)
 
     class Interrupt(Exception):
@@ -73,6 +93,8 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_to_the_same_weights(cach
     ref, got = _weights(reference), _weights(resumed)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     assert not (cache / "run.partial").exists()
+    vision = [pd.read_csv(cache / name / "vision_history.csv")["vision_loss"].tolist() for name in ("run", "ref")]
+    assert vision[0] == vision[1]
 
 
 def test_the_mixed_model_continues_the_image_first_one_on_every_layout(cache, monkeypatch):
@@ -134,6 +156,7 @@ def test_cache_entries_differ_by_profile_settings_seed_threads_and_code(monkeypa
     (dict(lr=0.0), "lr=0.0"), (dict(warmup=99, steps=5), "warmup=99"),
     (dict(vision_lr_scale=-1.0), "vision_lr_scale=-1.0"), (dict(layouts="all"), "layouts='all'"),
     (dict(max_gap=-3), "max_gap=-3"), (dict(init="scratch"), "init='scratch'"),
+    (dict(vision_steps=-1), "vision_steps=-1"), (dict(question_mix="1,2"), "'1,2'"),
 ])
 def test_bad_settings_raise_value_errors_naming_them(kwargs, word):
     with pytest.raises(ValueError, match=word):

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+import pandas as pd
 from PIL import Image
 
 from gpslib.shapes_vqa import (
@@ -17,6 +18,7 @@ from gpslib.shapes_vqa import (
     draw_scene,
     make_sample,
     object_patches,
+    question_type_weights,
     scene_split,
     shapes_vqa,
 )
@@ -148,6 +150,28 @@ def test_every_question_type_occurs_and_can_be_restricted(rows_64px):
     assert {r["question_type"] for r in rows_64px} == set(QUESTION_TYPES)
     ds = shapes_vqa(20, seed=0, question_types=("count", "relation"))
     assert {ds[i]["question_type"] for i in range(20)} <= {"count", "relation"}
+
+
+def test_type_weights_ask_each_type_as_often_as_weighted_and_rows_stay_deterministic():
+    only_shape = LazyShapesVQA(40, seed=3, type_weights="0,1,0,0,0,0,0")
+    assert {only_shape[i]["question_type"] for i in range(40)} == {"shape"}
+    weighted = LazyShapesVQA(1400, seed=3, image_size=16, type_weights=(1, 2, 1, 1, 2, 2, 1))
+    counts = pd.Series([weighted[i]["question_type"] for i in range(1400)]).value_counts()
+    expected = {t: 1400 * w / 10 for t, w in zip(QUESTION_TYPES, (1, 2, 1, 1, 2, 2, 1))}
+    for qtype, n in expected.items():  # binomial sd <= 15 rows; 4 sd
+        assert abs(counts.get(qtype, 0) - n) < 60, (qtype, counts.get(qtype, 0), n)
+    again = LazyShapesVQA(1400, seed=3, image_size=16, type_weights=(1, 2, 1, 1, 2, 2, 1))
+    assert again[777]["messages"] == weighted[777]["messages"]
+    assert "type_weights" in repr(weighted)
+
+
+@pytest.mark.parametrize("weights, word", [("1,2", "'1,2'"), ("a,b,c,d,e,f,g", "a,b"), ((0,) * 7, "not all zero"),
+                                           ((1, 1, 1, 1, 1, 1, -1), "-1")])
+def test_bad_type_weights_raise_value_errors_naming_them(weights, word):
+    with pytest.raises(ValueError, match=word):
+        question_type_weights(weights)
+    with pytest.raises(ValueError, match="not both"):
+        LazyShapesVQA(3, question_types=("shape",), type_weights="1,1,1,1,1,1,1")
 
 
 def test_mentions_point_at_their_words_and_objects(rows_64px):
