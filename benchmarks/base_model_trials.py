@@ -1,0 +1,60 @@
+"""Rerun base-model trials (issue 11 item 1) and append them to records/base_model_trials.csv.
+
+Each trial trains the profile's image-first base model with some PretrainConfig settings
+changed and scores it on the same ShapesVQA test questions (gpslib.base_model_trials). The
+default trials are the three steps of the recipe the cpu profile uses, each one change:
+
+    baseline            vision_steps 0,    question_mix uniform   (the recipe before issue 11)
+    vision_pretraining  vision_steps 1000, question_mix uniform
+    recipe              vision_steps 1000, question_mix 1,2,1,1,2,2,1  (the cpu profile's)
+
+About 8-13 minutes a trial on one CPU thread. ``--smoke`` runs the smoke profile's test-size
+model (seconds) into a scratch record, to check the script.
+
+    python benchmarks/base_model_trials.py [--trials baseline,recipe] [--record PATH] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gpslib.base_model_trials import run_trial
+from gpslib.runtime import setup
+
+TRIALS = {
+    "baseline": {"vision_steps": 0, "question_mix": "uniform"},
+    "vision_pretraining": {"vision_steps": 1000, "question_mix": "uniform"},
+    "recipe": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1"},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", default=",".join(TRIALS), help=f"comma-separated names among {list(TRIALS)}")
+    parser.add_argument("--record", default=None, help="CSV to append to (default records/base_model_trials.csv)")
+    parser.add_argument("--smoke", action="store_true", help="the smoke profile's test-size model, 2 vision steps, "
+                                                             "16 test questions")
+    args = parser.parse_args(argv)
+    names = [n for n in args.trials.split(",") if n]
+    unknown = [n for n in names if n not in TRIALS]
+    if unknown or not names:
+        parser.error(f"unknown trials {unknown}; valid ones are {list(TRIALS)}")
+    if args.smoke and args.record is None:
+        parser.error("--smoke writes a scratch record: give --record PATH")
+    profile = "smoke" if args.smoke else "cpu"
+    setup(profile, verbose=False)
+    for name in names:
+        overrides = dict(TRIALS[name])
+        if args.smoke and overrides["vision_steps"]:
+            overrides["vision_steps"] = 2
+        row = run_trial(f"{name}{'-smoke' if args.smoke else ''}", overrides, profile=profile,
+                        eval_samples=16 if args.smoke else 600, batch_size=16 if args.smoke else 100,
+                        record=args.record, progress=not args.smoke)
+        print(f"{row['trial']}: all {row['all']:.4f}, " + ", ".join(
+            f"{t} {row[t]:.4f}" for t in ("colour", "shape", "count", "position", "existence", "relation")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

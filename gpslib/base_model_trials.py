@@ -1,0 +1,133 @@
+"""The trials that looked for a base model that sees (issue 11 item 1), as a record notebook 00 reads.
+
+The embedded base model of the ``cpu`` profile answered 45-51% of ShapesVQA test questions,
+with shape at chance and existence and relation at one constant answer. Trials changed one
+thing at a time (the vision learning-rate split, patch-label pre-training of the vision
+tower, the question-type mix, depth, width, answer formats) and scored each model on the
+same 600 test questions; :data:`TRIALS_CSV` holds one row per trial: its name, its settings
+(JSON), accuracy per question type and overall, times, the load average of the machine, and
+the commit and script that ran it. The trials ran before the recipe they chose entered
+:mod:`gpslib.pretrain` (``vision_steps``, ``question_mix``), so their script is not this
+package's; :func:`run_trial` reruns any trial that :class:`gpslib.pretrain.PretrainConfig`
+can express (``benchmarks/base_model_trials.py``) and appends it to the record.
+
+:func:`what_changed` describes each trial by its settings' difference from the baseline and
+:func:`trial_findings` says, from the numbers, which question types each change moved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gpslib.atomic_files import atomic_write_text
+from gpslib.evaluation import accuracy_table
+from gpslib.figures import repo_root
+from gpslib.generation import predict
+from gpslib.pretrain import PretrainConfig, embedded_cache_dir, pretrain, train_settings
+from gpslib.model import load_model
+from gpslib.shapes_vqa import SHORT_ANSWER_TYPES, shapes_vqa
+
+__all__ = ["TRIALS_CSV", "load_trials", "what_changed", "trial_findings", "run_trial"]
+
+TRIALS_CSV = Path("records") / "base_model_trials.csv"
+COLUMNS = [*SHORT_ANSWER_TYPES, "all"]
+
+
+def load_trials(path: str | Path | None = None) -> pd.DataFrame:
+    """The trials record (default ``<repo>/records/base_model_trials.csv``), one row per trial."""
+    path = Path(path) if path is not None else repo_root() / TRIALS_CSV
+    if not path.exists():
+        raise FileNotFoundError(f"no trials record at {path}")
+    trials = pd.read_csv(path)
+    missing = [c for c in ["trial", "settings", *COLUMNS] if c not in trials.columns]
+    if missing:
+        raise ValueError(f"{path} lacks the columns {missing}")
+    return trials
+
+
+def what_changed(trials: pd.DataFrame, baseline: str = "baseline") -> pd.Series:
+    """Per trial, the settings that differ from ``baseline``'s (``"key: old -> new"``, joined by ``; ``).
+
+    A setting absent from one trial and None, False or 0 in the other counts as unchanged (a trial
+    script that gained a switch records its off value only from then on).
+    """
+    settings = {row.trial: json.loads(row.settings) for row in trials.itertuples()}
+    if baseline not in settings:
+        raise ValueError(f"no trial named {baseline!r}; trials are {list(settings)}")
+    base = settings[baseline]
+    out = {}
+    for name, values in settings.items():
+        keys = sorted(set(base) | set(values))
+        diffs = [f"{k}: {base.get(k)} -> {values.get(k)}" for k in keys
+                 if base.get(k) != values.get(k) and (base.get(k) or values.get(k))]  # None, False, 0 alike
+        out[name] = "; ".join(diffs) if diffs else "(the baseline)"
+    return pd.Series(out, name="what_changed")
+
+
+def trial_findings(trials: pd.DataFrame, baseline: str = "baseline", threshold: float = 0.05) -> list[str]:
+    """One sentence per trial: the question types whose accuracy moved by at least ``threshold`` from ``baseline``."""
+    table = trials.set_index("trial")
+    if baseline not in table.index:
+        raise ValueError(f"no trial named {baseline!r}; trials are {list(table.index)}")
+    base = table.loc[baseline, COLUMNS]
+    sentences = []
+    for name, row in table.iterrows():
+        if name == baseline:
+            continue
+        moved = [(t, float(row[t] - base[t])) for t in SHORT_ANSWER_TYPES if abs(row[t] - base[t]) >= threshold]
+        parts = ", ".join(f"{t} {d:+.2f}" for t, d in moved) or f"no type moved by {threshold:.2f} or more"
+        sentences.append(f"{name}: overall {row['all'] - base['all']:+.2f} ({parts}).")
+    return sentences
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: int = 0, eval_samples: int = 600,
+              batch_size: int = 100, record: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train ``profile``'s image-first base model with ``overrides`` (PretrainConfig fields), score it, record it.
+
+    The model is cached like any base model (:func:`gpslib.pretrain.embedded_cache_dir`); it is
+    scored on the first ``eval_samples`` ShapesVQA test questions (greedy, 20 new tokens) and
+    the row is appended to ``record`` (default :data:`TRIALS_CSV`, written atomically) with the
+    current commit. Returns the row. Raises ValueError naming a bad override.
+    """
+    settings = train_settings(profile, "image_first")
+    if "model" in settings:
+        raise ValueError(f"profile {profile!r} loads the hub model {settings['model']!r}; it has no trials")
+    fields = {f.name for f in dataclasses.fields(PretrainConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown PretrainConfig fields {unknown}; valid ones are {sorted(fields)}")
+    config = PretrainConfig(**{**settings, **overrides}).validate()
+    path = embedded_cache_dir(seed, dataclasses.asdict(config))
+    start = time.perf_counter()
+    if not (path / "train_info.json").exists():
+        pretrain(config, seed=seed, progress=progress)
+    wall = time.perf_counter() - start
+    info = json.loads((path / "train_info.json").read_text())
+    model, processor = load_model(path)
+    test = shapes_vqa(eval_samples, seed=0, split="test", image_size=model.config.vision_config.image_size)
+    accuracy = accuracy_table(predict(model, processor, test, batch_size, 20))["accuracy"]
+    row = {"trial": name, "settings": json.dumps(dataclasses.asdict(config), sort_keys=True),
+           **{t: round(float(accuracy.get(t, math.nan)), 4) for t in COLUMNS}, "n_test": eval_samples,
+           "parameters": info["parameters"], "vision_seconds": info.get("vision_seconds", 0.0),
+           "train_seconds": info["seconds"], "wall_seconds": round(wall, 1), "threads": info["torch_threads"],
+           "commit": _commit(), "script": "benchmarks/base_model_trials.py"}
+    out = Path(record) if record is not None else repo_root() / TRIALS_CSV
+    old = pd.read_csv(out) if out.exists() else pd.DataFrame()
+    atomic_write_text(out, pd.concat([old, pd.DataFrame([row])], ignore_index=True).to_csv(index=False))
+    return row

@@ -1,0 +1,70 @@
+"""gpslib.base_model_trials: the trials record notebook 00 reads, and benchmarks/base_model_trials.py (smoke)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gpslib.base_model_trials import COLUMNS, load_trials, run_trial, trial_findings, what_changed
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _record(tmp_path):
+    rows = [{"trial": "baseline", "settings": json.dumps({"steps": 2000, "vision_steps": 0}),
+             **{t: 0.5 for t in COLUMNS}},
+            {"trial": "seeing", "settings": json.dumps({"steps": 2000, "vision_steps": 1000, "echo": False}),
+             **{t: 0.5 for t in COLUMNS}, "shape": 0.9, "count": 0.47, "all": 0.6}]
+    path = tmp_path / "trials.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_the_committed_record_has_a_baseline_and_every_type_for_every_trial():
+    trials = load_trials()
+    assert "baseline" in set(trials["trial"]) and trials[COLUMNS].notna().all().all()
+    assert trials[COLUMNS].apply(lambda c: c.between(0, 1)).all().all()
+    assert trials["commit"].notna().all() and trials["script"].notna().all()
+
+
+def test_what_changed_names_only_the_settings_that_differ_from_the_baseline(tmp_path):
+    changed = what_changed(load_trials(_record(tmp_path)))
+    assert changed["baseline"] == "(the baseline)" and changed["seeing"] == "vision_steps: 0 -> 1000"
+
+
+def test_findings_name_the_types_that_moved_by_the_threshold_and_their_sign(tmp_path):
+    findings = trial_findings(load_trials(_record(tmp_path)), threshold=0.05)
+    assert findings == ["seeing: overall +0.10 (shape +0.40)."]
+    assert "no type moved" in trial_findings(load_trials(_record(tmp_path)), threshold=0.5)[0]
+
+
+def test_bad_inputs_get_errors_naming_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.csv"):
+        load_trials(tmp_path / "nowhere.csv")
+    with pytest.raises(ValueError, match="'base'"):
+        what_changed(load_trials(_record(tmp_path)), baseline="base")
+    with pytest.raises(ValueError, match="vision_step"):
+        run_trial("x", {"vision_step": 3}, profile="smoke", record=tmp_path / "r.csv")
+    with pytest.raises(ValueError, match="'paper'"):
+        run_trial("x", {}, profile="paper", record=tmp_path / "r.csv")
+
+
+@pytest.mark.slow
+def test_the_smoke_script_trains_scores_and_appends_its_trials(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GPSLIB_CACHE": str(tmp_path / "cache")}
+    record = tmp_path / "trials.csv"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "base_model_trials.py"), "--smoke",
+                           "--trials", "baseline,recipe", "--record", str(record)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = load_trials(record)
+    assert trials["trial"].tolist() == ["baseline-smoke", "recipe-smoke"]
+    assert json.loads(trials["settings"][1])["question_mix"] == "1,2,1,1,2,2,1" and trials["n_test"].tolist() == [16, 16]
+    assert what_changed(trials, baseline="baseline-smoke")["recipe-smoke"] == (
+        "question_mix: uniform -> 1,2,1,1,2,2,1; vision_steps: 0 -> 2")
