@@ -1,0 +1,157 @@
+"""GPS inside the model, measured (gpslib.gps_diagnostics): curves, the per-step trace, the inference permutation."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gpslib import finetune as ft
+from gpslib import gps_diagnostics as gd
+from gpslib.model import build_model, build_processor
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base")
+    build_model("test", seed=0).save_pretrained(path)
+    build_processor("test").save_pretrained(path)
+    return path
+
+
+def tiny(base_dir, **overrides):
+    settings = dict(model=str(base_dir), train_samples=8, eval_samples=4, gen_samples=2, epochs=2, batch_size=4,
+                    grad_accum=1, max_new_tokens=4, early_stopping_patience=None, seed=0, reorder="gps")
+    settings.update(overrides)
+    return ft.FinetuneConfig(**settings).validate()
+
+
+def test_permutation_stats_count_moved_tokens_and_their_displacement():
+    order = torch.tensor([[1, 0, 2, 3, 4], [0, 1, 3, 2, 4]])  # row 1: two text tokens swapped, last one padding
+    mask = torch.tensor([[True] * 5, [True, True, True, True, False]])
+    stats = gd.permutation_stats(order, mask, n_image=2)
+    torch.testing.assert_close(stats["moved"], torch.tensor([2 / 5, 2 / 4]))
+    torch.testing.assert_close(stats["displacement"], torch.tensor([2 / 5, 2 / 4]))
+    torch.testing.assert_close(stats["image_moved"], torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(stats["text_moved"], torch.tensor([0.0, 1.0]))
+
+
+def test_permutation_stats_of_the_identity_are_zero():
+    order = torch.arange(6).expand(3, 6)
+    stats = gd.permutation_stats(order, torch.ones(3, 6, dtype=torch.bool), n_image=4)
+    assert all(float(v.abs().max()) == 0.0 for v in stats.values())
+
+
+def test_permutation_stats_reject_mismatched_shapes():
+    with pytest.raises(ValueError, match="order and mask"):
+        gd.permutation_stats(torch.arange(4)[None], torch.ones(1, 5, dtype=torch.bool), n_image=2)
+
+
+def _fake_run(path, reorder, seed):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"settings": {"reorder": reorder, "seed": seed, "base": "image_first",
+                                                               "position_gap": 0}}))
+    (path / "epochs.json").write_text(json.dumps([{"epoch": 1, "train_loss": 2.0, "val_loss": 1.5, "bleu": 0.1},
+                                                  {"epoch": 2, "train_loss": 1.0, "val_loss": 0.5, "bleu": 0.2}]))
+    return path
+
+
+def test_training_curves_read_steps_from_the_log_history_and_fall_back_to_epochs(tmp_path):
+    done = _fake_run(tmp_path / "gps-0", "gps", 0)
+    (done / "log_history.json").write_text(json.dumps([
+        {"epoch": 0.5, "step": 1, "loss": 3.0, "grad_norm": 1.0, "learning_rate": 1e-4},
+        {"epoch": 1.0, "step": 2, "loss": 2.0, "grad_norm": 0.5, "learning_rate": 5e-5},
+        {"epoch": 1.0, "step": 2, "eval_loss": 1.5, "eval_bleu": 0.1}]))
+    unfinished = _fake_run(tmp_path / "none-1", "none", 1)
+    table = gd.training_curves({"a": done, "b": unfinished})
+    a, b = table[table["run"] == "a"], table[table["run"] == "b"]
+    assert a[a["split"] == "train"]["loss"].tolist() == [3.0, 2.0]
+    assert a[a["split"] == "val"]["loss"].tolist() == [1.5]
+    assert a["strategy"].unique().tolist() == ["gps"] and b["seed"].unique().tolist() == [1]
+    assert b[b["split"] == "val"]["loss"].tolist() == [1.5, 0.5]  # no log_history.json: the epochs
+    by_epoch = gd.training_curves([done], level="epoch")
+    assert by_epoch["run"].unique().tolist() == ["gps-0"]
+    assert by_epoch[by_epoch["split"] == "train"]["loss"].tolist() == [2.0, 1.0]
+
+
+def test_training_curves_reject_a_bad_level_and_a_directory_without_a_run(tmp_path):
+    with pytest.raises(ValueError, match="level"):
+        gd.training_curves([], level="batch")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        gd.training_curves([tmp_path])
+
+
+@pytest.fixture(scope="module")
+def traced_run(base_dir, tmp_path_factory):
+    """A tiny gps run with GPSTrace, and the same run without it."""
+    root = tmp_path_factory.mktemp("runs")
+    plain = ft.finetune(tiny(base_dir), root / "plain", progress=False)
+    original = ft._callbacks
+
+    def with_trace(config, run_dir, *args, **kwargs):
+        return original(config, run_dir, *args, **kwargs) + [gd.GPSTrace(run_dir / gd.TRACE_FILE)]
+
+    ft._callbacks = with_trace
+    try:
+        traced = ft.finetune(tiny(base_dir), root / "traced", progress=False)
+    finally:
+        ft._callbacks = original
+    return root, plain, traced
+
+
+def test_a_traced_run_trains_exactly_as_an_untraced_one(traced_run):
+    root, plain, traced = traced_run
+    a = load_file(root / "plain" / "adapter" / "adapter_model.safetensors")
+    b = load_file(root / "traced" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and any("reorder_gps" in k for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert plain["val_loss"].tolist() == traced["val_loss"].tolist()
+
+
+def test_the_trace_has_one_record_per_step_with_the_schedule(traced_run):
+    root, _, _ = traced_run
+    trace = gd.read_trace(root / "traced")
+    steps = json.loads((root / "traced" / "done.json").read_text())["steps"]
+    assert trace["step"].tolist() == list(range(1, steps + 1))
+    assert trace["tau"].iloc[0] == pytest.approx(2.0) and trace["tau"].is_monotonic_decreasing
+    assert trace["hard"].tolist() == [s - 1 >= steps * 0.5 for s in trace["step"]]
+    for column in ("entropy", "diagonal", "moved_train", "moved_infer", "image_moved_infer"):
+        assert trace[column].between(0, 1).all(), column
+    assert (trace["grad_gps"] > 0).all() and (trace["grad_lora"] > 0).all()
+    assert trace[trace["hard"]]["mixing"].gt(0).all() or trace[trace["hard"]]["moved_train"].eq(0).all()
+
+
+def test_inference_permutations_describe_the_models_own_order(traced_run):
+    root, _, _ = traced_run
+    model, processor = ft.load_finetuned(root / "traced")
+    table = gd.inference_permutations(root / "traced", num_samples=3, model=model, processor=processor)
+    assert len(table) == 3
+    inner = model.get_base_model()
+    for _, row in table.iterrows():
+        order = row["order"]
+        assert sorted(order) == list(range(row["n_image"] + row["n_text"]))  # a permutation of the real tokens
+        assert (row["displacement_local"] == 0) == (order == sorted(order))
+        assert 0 <= row["moved"] <= 1 and 0 <= row["image_moved"] <= 1
+        assert row["distance_oracle"] >= 1 or row["grounded_image"] == 0
+    summary = gd.permutation_summary(table)
+    assert "order" not in summary and summary["n_image"] == inner.config.image_seq_length
+
+
+def test_the_identity_local_order_moves_the_image_before_the_prompts_first_words(traced_run):
+    """P = I writes [image; text] into the slots: the image lands right after BOS, 'USER:' after it."""
+    root, _, _ = traced_run
+    model, processor = ft.load_finetuned(root / "traced")
+    gps = model.get_base_model().reorder_gps.modules_to_save["default"]
+    with torch.no_grad():
+        for p in gps.head.parameters():
+            p.zero_()  # scores = alpha * I: the inference permutation is the identity
+    table = gd.inference_permutations(root / "traced", num_samples=2, model=model, processor=processor)
+    assert (table["moved_local"] == 0).all()
+    assert (table["image_moved"] == 1).all()  # every image token shifts by the words before it ("USER:")
+    assert (table["image_displacement"] > 0).all()
+
+
+def test_inference_permutations_refuse_a_run_of_another_strategy(base_dir, tmp_path):
+    ft.finetune(tiny(base_dir, reorder="none", epochs=1), tmp_path / "none", progress=False)
+    with pytest.raises(ValueError, match="'none' run"):
+        gd.inference_permutations(tmp_path / "none", num_samples=2)
