@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from peft import get_peft_model
+from transformers import TrainingArguments
 
 from conftest import cli_flags
 from gpslib import finetune as ft
@@ -118,11 +119,33 @@ def test_evaluate_run_reports_every_metric_and_caches(finished_run):
 
 @pytest.mark.parametrize(
     "overrides, match",
-    [({"reorder": "shuffle"}, "'shuffle'"), ({"epochs": 0}, "epochs=0"), ({"learning_rate": 2.0}, "learning_rate=2.0")],
+    [({"reorder": "shuffle"}, "'shuffle'"), ({"epochs": 0}, "epochs=0"), ({"learning_rate": 2.0}, "learning_rate=2.0"),
+     ({"gps_learning_rate": 0.0}, "gps_learning_rate=0.0"), ({"gps_learning_rate": "1e-3"}, "gps_learning_rate='1e-3'")],
 )
 def test_bad_settings_raise_value_error_naming_the_value(base_dir, overrides, match):
     with pytest.raises(ValueError, match=match):
         tiny(base_dir, **overrides)
+
+
+@pytest.mark.parametrize("gps_learning_rate", [None, 3e-3])
+def test_the_sinkformer_learns_at_its_own_rate_and_lora_at_the_runs(base_dir, tmp_path, gps_learning_rate):
+    config = tiny(base_dir, reorder="gps", learning_rate=1e-4, gps_learning_rate=gps_learning_rate)
+    model, _ = load_model(base_dir, **config.reordering_settings)
+    peft_model = get_peft_model(model, ft.lora_config(config))
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=config.learning_rate, report_to="none",
+                             use_cpu=True)
+    trainer = ft._FinetuneTrainer(model=peft_model, args=args, gps_learning_rate=config.gps_learning_rate)
+    optimizer = trainer.create_optimizer()
+    gps = {id(p) for n, p in peft_model.named_parameters() if "reorder_gps" in n and p.requires_grad}
+    lora = {id(p) for n, p in peft_model.named_parameters() if "lora_" in n}
+    assert gps and lora
+    rates = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            rates[id(p)] = group["lr"]
+    assert set(rates) == {id(p) for p in peft_model.parameters() if p.requires_grad}  # every parameter, once
+    assert {rates[i] for i in lora} == {1e-4}
+    assert {rates[i] for i in gps} == {gps_learning_rate or 1e-4}
 
 
 def _cli(args, env_extra=None, launcher=(sys.executable,)):
