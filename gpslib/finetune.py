@@ -48,6 +48,7 @@ from gpslib.checkpoints import ResumableTrainer, latest_complete_checkpoint
 from gpslib.cli import flags_to_config, parse, preparse, setting, settings_flags
 from gpslib.data import VQACollator, load_hub_vsft
 from gpslib.generation import predict, unwrap_model
+from gpslib.gps_trace import TRACE_FILE, GPSTrace
 from gpslib.metrics import paper_bleu
 from gpslib.model import load_model
 from gpslib.pretrain import BASE_MODELS, base_model_dir
@@ -312,7 +313,7 @@ def _callbacks(config: FinetuneConfig, run_dir: Path, processor, gen_rows, progr
 
     callbacks = [EpochMetrics()]
     if config.reorder == "gps":
-        callbacks.append(GPSTemperature())
+        callbacks += [GPSTemperature(), GPSTrace(run_dir / TRACE_FILE)]
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     return callbacks
@@ -352,7 +353,7 @@ class _FinetuneTrainer(ResumableTrainer):
 
 # what a run writes into its directory (a restart or a fresh start discards exactly these)
 RUN_FILES = ("done.json", "config.json", "epochs.json", "bleu.json", "log_history.json", "eval.json", "adapter",
-             ".adapter.tmp", "checkpoints")
+             ".adapter.tmp", "checkpoints", TRACE_FILE)
 class _RunDirError(ValueError):
     """``run_dir`` holds a run this one may not reuse or resume; the message says what differs and what to do."""
 

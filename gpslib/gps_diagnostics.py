@@ -1,21 +1,17 @@
-"""GPS inside the model, measured (paper Section 3.2 and 4.4, Table 3's gps row).
+"""GPS inside the model, measured after training (paper Section 3.2 and 4.4, Table 3's gps row).
 
-Three views of a ``"gps"`` fine-tuning run (:mod:`gpslib.finetune`):
+Two views of finished fine-tuning runs (:mod:`gpslib.finetune`); the third, what P does
+step by step during training, is recorded by every ``"gps"`` run itself
+(:class:`gpslib.gps_trace.GPSTrace`, read with :func:`gpslib.gps_trace.read_trace`):
 
 * :func:`training_curves`: the training and validation loss of runs (GPS and ``none``, one
   run per seed) as one tidy table, per logged step (``log_history.json``) or per epoch
   (``epochs.json``);
-* :class:`GPSTrace`: a ``Trainer`` callback that records, per optimizer step, what the
-  Sinkformer's P does to the prompt (row entropy, diagonal mass, how far the tokens move,
-  how much ``P @ tokens`` mixes them, the scale of the learned scores against ``alpha``) and
-  the gradient norms of the Sinkformer and of LoRA; :func:`read_trace` reads it back. It
-  draws its Gumbel noise from its own generator, so a traced run trains exactly as an
-  untraced one;
 * :func:`inference_permutations`: the hard permutation a trained GPS applies at inference
   (no noise, ``tau_end``, Hungarian) to held-out prompts: how many tokens it moves, how far,
-  and, with ShapesVQA's grounding (:meth:`gpslib.data.VQACollator.grounding_maps`), whether
-  it moves image tokens next to the words naming their object; :func:`permutation_summary`
-  averages it per run.
+  how close its scores are to moving one, and, with ShapesVQA's grounding
+  (:meth:`gpslib.data.VQACollator.grounding_maps`), whether it moves image tokens next to
+  the words naming their object; :func:`permutation_summary` averages it per run.
 
 Positions: a prompt's movable tokens are its image tokens and its text tokens after BOS
 (:mod:`gpslib.prompt_layout`); GPS orders ``[image; text]`` into their slots, so ``P = I``
@@ -34,201 +30,15 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 import torch
-from transformers import TrainerCallback
 
-from gpslib.atomic_files import atomic_write_text
 from gpslib.data import VQACollator
 from gpslib.finetune import FinetuneConfig, load_data, load_finetuned
 from gpslib.generation import unwrap_model
-from gpslib.gps import GumbelPermutationSinkformer
-from gpslib.sinkhorn import hard_permutation, perm_matrix_to_order
+from gpslib.gps_trace import inverse_order, permutation_stats
+from gpslib.sinkhorn import perm_matrix_to_order
 from gpslib.tokenmixer import grouped_order
 
-__all__ = ["TRACE_FILE", "permutation_stats", "GPSTrace", "read_trace", "training_curves", "inference_permutations",
-           "permutation_summary"]
-
-TRACE_FILE = "gps_trace.json"
-
-
-# ----------------------------------------------------------------------------- one permutation
-def _inverse(order: torch.Tensor) -> torch.Tensor:
-    """order (B, L) gather indices -> (B, L): the slot each token lands in."""
-    return torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-
-
-def permutation_stats(order: torch.Tensor, mask: torch.Tensor, n_image: int) -> dict[str, torch.Tensor]:
-    """How far a local order over ``[image; text]`` moves the real tokens, against ``P = I``.
-
-    order (B, L) gather indices; mask (B, L) bool, True on real tokens (padded text tokens
-    map to themselves); n_image: M, the image tokens come first. Returns per sample (B,)
-    float tensors: ``displacement`` (mean |new slot - old slot| over real tokens),
-    ``moved`` (fraction of real tokens not in their own slot), ``image_moved`` (fraction of
-    the image tokens moved), ``text_moved`` (of the real text tokens).
-    """
-    if order.shape != mask.shape or order.dim() != 2:
-        raise ValueError(f"order and mask must both be (B, L); got {tuple(order.shape)} and {tuple(mask.shape)}")
-    slot = _inverse(order).float()  # (B, L) new slot of each token
-    own = torch.arange(order.shape[1], device=order.device).float()
-    real = mask.float()
-    moved = (slot != own).float() * real
-    is_image = (own < n_image).float()
-    text = real * (1 - is_image)
-    return {
-        "displacement": ((slot - own).abs() * real).sum(1) / real.sum(1).clamp_min(1),
-        "moved": moved.sum(1) / real.sum(1).clamp_min(1),
-        "image_moved": (moved * is_image).sum(1) / max(n_image, 1),
-        "text_moved": (moved * text).sum(1) / text.sum(1).clamp_min(1),
-    }
-
-
-def _row_entropy(P: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean entropy of P's real rows over log(real tokens): 0 = a permutation, 1 = uniform. (B, L, L) -> (B,)."""
-    n = mask.sum(1).clamp_min(2).float()
-    ent = -(P * P.clamp_min(1e-30).log()).sum(-1)  # (B, L)
-    return (ent * mask).sum(1) / mask.sum(1).clamp_min(1) / n.log()
-
-
-# ----------------------------------------------------------------------------- per-step trace
-class GPSTrace(TrainerCallback):
-    """Per optimizer step of a ``"gps"`` run: what P does to the prompt, and the gradient norms.
-
-    Hooks the Sinkformer, keeps the first micro-batch of each step and, after the step,
-    measures on it (no gradient; its own Gumbel generator, seeded by the step):
-
-    * ``tau``, ``hard``: the schedule's values for the step;
-    * ``entropy``: mean row entropy of a soft P at the step's ``tau`` with noise, over
-      log(tokens) (1 = uniform rows, 0 = a permutation); ``diagonal``: its mean P_jj
-      (1 = the identity); ``entropy_clean``, ``diagonal_clean``: the same without noise;
-    * ``mixing``: ||P x - x|| / ||x|| of the forward's own P over the real tokens (what
-      ``P @ tokens`` changes; soft: blending, hard: moving);
-    * ``moved_train``, ``displacement_train``: of the forward's P made a permutation
-      (itself when hard, else its Hungarian permutation), against ``P = I``;
-    * ``moved_infer``, ``displacement_infer``: of the inference permutation (no noise,
-      ``tau_end``, Hungarian) of the same tokens, against ``P = I``;
-    * ``score_std``, ``score_diag``: the learned scores ``A_O`` (without ``alpha * I``),
-      standard deviation over the real off-diagonal pairs and mean of the diagonal, to set
-      against ``alpha`` and the noise;
-    * ``grad_gps``, ``grad_lora``: gradient norms (after clipping) of the Sinkformer's and
-      LoRA's parameters; ``loss``: the step's logged training loss.
-
-    The records go to ``path`` (JSON, rewritten at each epoch's end and at the end of
-    training); :func:`read_trace` reads them.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.records: list[dict[str, Any]] = []
-        self._pending: dict[str, Any] | None = None
-        self._grads: dict[str, float] = {}
-        self._busy = False
-        self._hooks: list = []
-        self.n_image = 0
-
-    # hooks
-    def _hook(self, module, args, kwargs, output):
-        if self._busy or not module.training or self._pending is not None:
-            return
-        self._pending = {"module": module, "x": args[0].detach(), "mask": kwargs.get("mask"),
-                         "P": output.detach(), "tau": float(kwargs.get("tau", 1.0)), "hard": bool(kwargs.get("hard"))}
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.n_image = int(unwrap_model(model).config.image_seq_length)
-        for module in model.modules():
-            if isinstance(module, GumbelPermutationSinkformer):
-                self._hooks.append(module.register_forward_hook(self._hook, with_kwargs=True))
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        self._pending, self._grads = None, {}
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        sums = {"gps": 0.0, "lora": 0.0}
-        for name, p in model.named_parameters():
-            if p.grad is None:
-                continue
-            key = "gps" if "reorder_gps" in name else "lora" if "lora_" in name else None
-            if key:
-                sums[key] += float(p.grad.detach().float().pow(2).sum())
-        self._grads = {f"grad_{k}": math.sqrt(v) for k, v in sums.items()}
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._pending is None:
-            return
-        record = {"step": state.global_step, **self._measure(self._pending, state.global_step), **self._grads}
-        losses = [e["loss"] for e in state.log_history if e.get("step") == state.global_step and "loss" in e]
-        record["loss"] = losses[-1] if losses else math.nan
-        self.records.append(record)
-        self._pending = None
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.records and logs and "loss" in logs and self.records[-1]["step"] == state.global_step:
-            self.records[-1]["loss"] = float(logs["loss"])
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self._write()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self._write()
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
-
-    def _write(self) -> None:
-        if self.records:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.path, json.dumps(self.records, indent=0))
-
-    @torch.no_grad()
-    def _measure(self, p: dict[str, Any], step: int) -> dict[str, Any]:
-        module: GumbelPermutationSinkformer = p["module"]
-        x, mask, P, tau = p["x"], p["mask"], p["P"], p["tau"]
-        settings = module.settings
-        b, n, _ = x.shape
-        mask = torch.ones(b, n, dtype=torch.bool, device=x.device) if mask is None else mask
-        self._busy = True
-        try:
-            gen = torch.Generator(device=x.device).manual_seed(10_007 + step)
-            soft = module(x, tau=tau, hard=False, noise=True, mask=mask, generator=gen)
-            clean = module(x, tau=tau, hard=False, noise=False, mask=mask)
-            infer = module(x, tau=settings.tau_end, hard=True, noise=False, mask=mask)
-            scores = module.scores(x, mask) - settings.alpha * torch.eye(n, dtype=x.dtype, device=x.device)
-        finally:
-            self._busy = False
-        real = mask.float()
-        pair = (real[:, :, None] * real[:, None, :]).bool()
-        eye = torch.eye(n, dtype=torch.bool, device=x.device)
-        off = scores[pair & ~eye]
-        diag = torch.diagonal(scores, dim1=-2, dim2=-1)[mask]
-        hard_now = bool(((P == 0) | (P == 1)).all())
-        train_order = perm_matrix_to_order(P if hard_now else hard_permutation(P, method="hungarian"))
-        n_image = self.n_image
-        stats_train = permutation_stats(train_order, mask, n_image)
-        stats_infer = permutation_stats(perm_matrix_to_order(infer), mask, n_image)
-        xf = x.float()
-        mixing = ((P.float() @ xf - xf).norm(dim=-1) * real).sum() / ((xf.norm(dim=-1) * real).sum()).clamp_min(1e-12)
-
-        def mean(t):
-            return float(t.mean())
-
-        return {
-            "tau": tau, "hard": p["hard"],
-            "entropy": mean(_row_entropy(soft, mask)), "diagonal": mean((torch.diagonal(soft, dim1=-2, dim2=-1) * real).sum(1) / real.sum(1)),
-            "entropy_clean": mean(_row_entropy(clean, mask)),
-            "diagonal_clean": mean((torch.diagonal(clean, dim1=-2, dim2=-1) * real).sum(1) / real.sum(1)),
-            "mixing": float(mixing),
-            "image_moved_train": mean(stats_train["image_moved"]), "image_moved_infer": mean(stats_infer["image_moved"]),
-            "moved_train": mean(stats_train["moved"]), "displacement_train": mean(stats_train["displacement"]),
-            "moved_infer": mean(stats_infer["moved"]), "displacement_infer": mean(stats_infer["displacement"]),
-            "score_std": float(off.std()) if off.numel() > 1 else math.nan,
-            "score_diag": float(diag.mean()) if diag.numel() else math.nan,
-        }
-
-
-def read_trace(run_dir_or_file: str | os.PathLike) -> pd.DataFrame:
-    """A :class:`GPSTrace` record as a table, one row per optimizer step (a run directory or the file)."""
-    path = Path(run_dir_or_file)
-    if path.is_dir():
-        path = path / TRACE_FILE
-    return pd.DataFrame(json.loads(path.read_text()))
+__all__ = ["training_curves", "inference_permutations", "permutation_summary"]
 
 
 # ----------------------------------------------------------------------------- training curves
@@ -345,7 +155,7 @@ def inference_permutations(run_dir: str | os.PathLike, rows=None, num_samples: i
             stats_local = permutation_stats(local, mask, m)
             slot_pos = layout.slot_pos.cpu()
             local_pos = layout.local_pos.cpu()
-            new_pos = slot_pos.gather(1, _inverse(local))  # (B, L) the position each token lands on
+            new_pos = slot_pos.gather(1, inverse_order(local))  # (B, L) the position each token lands on
             for b, row in enumerate(chunk):
                 n_text = int(layout.n_text[b])
                 real = mask[b]
@@ -396,7 +206,7 @@ def _grounding(maps: dict[str, list[int]], old: list[int], new: list[int], m: in
     if len(text_object) != n_text:
         raise ValueError(f"the grounding names {len(text_object)} prompt text tokens, the prompt has {n_text}")
     oracle = grouped_order(torch.tensor([assignment]), n_text, "before")[0]  # (M + N,)
-    oracle_slot = _inverse(oracle[None])[0].tolist()
+    oracle_slot = inverse_order(oracle[None])[0].tolist()
     slots = sorted(old)  # the slots' positions, in order
     oracle_pos = [slots[s] for s in oracle_slot]
     d = {"original": [], "gps": [], "oracle": []}

@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from gpslib import finetune as ft
 from gpslib import gps_diagnostics as gd
@@ -24,27 +23,6 @@ def tiny(base_dir, **overrides):
                     grad_accum=1, max_new_tokens=4, early_stopping_patience=None, seed=0, reorder="gps")
     settings.update(overrides)
     return ft.FinetuneConfig(**settings).validate()
-
-
-def test_permutation_stats_count_moved_tokens_and_their_displacement():
-    order = torch.tensor([[1, 0, 2, 3, 4], [0, 1, 3, 2, 4]])  # row 1: two text tokens swapped, last one padding
-    mask = torch.tensor([[True] * 5, [True, True, True, True, False]])
-    stats = gd.permutation_stats(order, mask, n_image=2)
-    torch.testing.assert_close(stats["moved"], torch.tensor([2 / 5, 2 / 4]))
-    torch.testing.assert_close(stats["displacement"], torch.tensor([2 / 5, 2 / 4]))
-    torch.testing.assert_close(stats["image_moved"], torch.tensor([1.0, 0.0]))
-    torch.testing.assert_close(stats["text_moved"], torch.tensor([0.0, 1.0]))
-
-
-def test_permutation_stats_of_the_identity_are_zero():
-    order = torch.arange(6).expand(3, 6)
-    stats = gd.permutation_stats(order, torch.ones(3, 6, dtype=torch.bool), n_image=4)
-    assert all(float(v.abs().max()) == 0.0 for v in stats.values())
-
-
-def test_permutation_stats_reject_mismatched_shapes():
-    with pytest.raises(ValueError, match="order and mask"):
-        gd.permutation_stats(torch.arange(4)[None], torch.ones(1, 5, dtype=torch.bool), n_image=2)
 
 
 def _fake_run(path, reorder, seed):
@@ -82,49 +60,15 @@ def test_training_curves_reject_a_bad_level_and_a_directory_without_a_run(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def traced_run(base_dir, tmp_path_factory):
-    """A tiny gps run with GPSTrace, and the same run without it."""
-    root = tmp_path_factory.mktemp("runs")
-    plain = ft.finetune(tiny(base_dir), root / "plain", progress=False)
-    original = ft._callbacks
-
-    def with_trace(config, run_dir, *args, **kwargs):
-        return original(config, run_dir, *args, **kwargs) + [gd.GPSTrace(run_dir / gd.TRACE_FILE)]
-
-    ft._callbacks = with_trace
-    try:
-        traced = ft.finetune(tiny(base_dir), root / "traced", progress=False)
-    finally:
-        ft._callbacks = original
-    return root, plain, traced
+def gps_run(base_dir, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "gps"
+    ft.finetune(tiny(base_dir), run_dir, progress=False)
+    return run_dir
 
 
-def test_a_traced_run_trains_exactly_as_an_untraced_one(traced_run):
-    root, plain, traced = traced_run
-    a = load_file(root / "plain" / "adapter" / "adapter_model.safetensors")
-    b = load_file(root / "traced" / "adapter" / "adapter_model.safetensors")
-    assert a.keys() == b.keys() and any("reorder_gps" in k for k in a)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert plain["val_loss"].tolist() == traced["val_loss"].tolist()
-
-
-def test_the_trace_has_one_record_per_step_with_the_schedule(traced_run):
-    root, _, _ = traced_run
-    trace = gd.read_trace(root / "traced")
-    steps = json.loads((root / "traced" / "done.json").read_text())["steps"]
-    assert trace["step"].tolist() == list(range(1, steps + 1))
-    assert trace["tau"].iloc[0] == pytest.approx(2.0) and trace["tau"].is_monotonic_decreasing
-    assert trace["hard"].tolist() == [s - 1 >= steps * 0.5 for s in trace["step"]]
-    for column in ("entropy", "diagonal", "moved_train", "moved_infer", "image_moved_infer"):
-        assert trace[column].between(0, 1).all(), column
-    assert (trace["grad_gps"] > 0).all() and (trace["grad_lora"] > 0).all()
-    assert trace[trace["hard"]]["mixing"].gt(0).all() or trace[trace["hard"]]["moved_train"].eq(0).all()
-
-
-def test_inference_permutations_describe_the_models_own_order(traced_run):
-    root, _, _ = traced_run
-    model, processor = ft.load_finetuned(root / "traced")
-    table = gd.inference_permutations(root / "traced", num_samples=3, model=model, processor=processor)
+def test_inference_permutations_describe_the_models_own_order(gps_run):
+    model, processor = ft.load_finetuned(gps_run)
+    table = gd.inference_permutations(gps_run, num_samples=3, model=model, processor=processor)
     assert len(table) == 3
     inner = model.get_base_model()
     for _, row in table.iterrows():
@@ -137,18 +81,24 @@ def test_inference_permutations_describe_the_models_own_order(traced_run):
     assert "order" not in summary and summary["n_image"] == inner.config.image_seq_length
 
 
-def test_the_identity_local_order_moves_the_image_before_the_prompts_first_words(traced_run):
+def test_the_identity_local_order_moves_the_image_before_the_prompts_first_words(gps_run):
     """P = I writes [image; text] into the slots: the image lands right after BOS, 'USER:' after it."""
-    root, _, _ = traced_run
-    model, processor = ft.load_finetuned(root / "traced")
+    model, processor = ft.load_finetuned(gps_run)
     gps = model.get_base_model().reorder_gps.modules_to_save["default"]
     with torch.no_grad():
         for p in gps.head.parameters():
             p.zero_()  # scores = alpha * I: the inference permutation is the identity
-    table = gd.inference_permutations(root / "traced", num_samples=2, model=model, processor=processor)
+    table = gd.inference_permutations(gps_run, num_samples=2, model=model, processor=processor)
     assert (table["moved_local"] == 0).all()
     assert (table["image_moved"] == 1).all()  # every image token shifts by the words before it ("USER:")
     assert (table["image_displacement"] > 0).all()
+    alpha = model.get_base_model().config.gps_settings.alpha
+    assert table["margin_min"].tolist() == pytest.approx([alpha] * 2)  # S = alpha * I: own slot alpha, others 0
+    # the naming words stay where they were, the image moved image_displacement slots away from them
+    grounded = table[table["grounded_image"] > 0]
+    assert len(grounded)
+    assert grounded["distance_gps"].tolist() == pytest.approx(
+        (grounded["distance_original"] + grounded["image_displacement"]).tolist())
 
 
 def test_inference_permutations_refuse_a_run_of_another_strategy(base_dir, tmp_path):
