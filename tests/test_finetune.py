@@ -14,7 +14,7 @@ import torch
 from peft import get_peft_model
 from transformers import TrainingArguments
 
-from conftest import cli_flags
+from conftest import cli_flags, tiny
 from gpslib import finetune as ft
 from gpslib.data import VQACollator
 from gpslib.evaluation import evaluate_run
@@ -22,13 +22,6 @@ from gpslib.model import build_model, load_model
 from gpslib.shapes_vqa import shapes_vqa
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny(base_dir, **overrides):
-    settings = dict(model=str(base_dir), train_samples=8, eval_samples=4, gen_samples=2, epochs=2,
-                    batch_size=4, grad_accum=1, max_new_tokens=4, early_stopping_patience=None, seed=0)
-    settings.update(overrides)
-    return ft.FinetuneConfig(**settings).validate()
 
 
 def test_lora_layers_sit_only_in_the_language_model(base_dir):
@@ -381,7 +374,7 @@ def test_paged_adamw_8bit_trains_through_bitsandbytes_on_the_cpu(base_dir, tmp_p
     manager = bnb.optim.GlobalOptimManager.get_instance()
     seen = {}
 
-    class Recording(ft.ResumableTrainer):
+    class Recording(ft._FinetuneTrainer):
         def create_optimizer(self, *args, **kwargs):
             optimizer = super().create_optimizer(*args, **kwargs)
             seen["trainer"] = self
@@ -392,7 +385,7 @@ def test_paged_adamw_8bit_trains_through_bitsandbytes_on_the_cpu(base_dir, tmp_p
 
     cuda_setup = {"device": "cpu", "precision": "fp32", "optimizer": "paged_adamw_8bit", "world_size": 1}
     monkeypatch.setattr(ft, "_setup", lambda: dict(cuda_setup))
-    monkeypatch.setattr(ft, "ResumableTrainer", Recording)
+    monkeypatch.setattr(ft, "_FinetuneTrainer", Recording)
     try:
         with pytest.warns(UserWarning, match="Paged optimizers are not supported on CPU"):
             table = ft.finetune(tiny(base_dir, epochs=1), tmp_path / "run", progress=False)  # 2 steps (1st: warmup, lr 0)

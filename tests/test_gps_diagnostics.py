@@ -5,24 +5,9 @@ import json
 import pytest
 import torch
 
+from conftest import tiny
 from gpslib import finetune as ft
 from gpslib import gps_diagnostics as gd
-from gpslib.model import build_model, build_processor
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    build_model("test", seed=0).save_pretrained(path)
-    build_processor("test").save_pretrained(path)
-    return path
-
-
-def tiny(base_dir, **overrides):
-    settings = dict(model=str(base_dir), train_samples=8, eval_samples=4, gen_samples=2, epochs=2, batch_size=4,
-                    grad_accum=1, max_new_tokens=4, early_stopping_patience=None, seed=0, reorder="gps")
-    settings.update(overrides)
-    return ft.FinetuneConfig(**settings).validate()
 
 
 def _fake_run(path, reorder, seed):
@@ -62,7 +47,7 @@ def test_training_curves_reject_a_bad_level_and_a_directory_without_a_run(tmp_pa
 @pytest.fixture(scope="module")
 def gps_run(base_dir, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("runs") / "gps"
-    ft.finetune(tiny(base_dir), run_dir, progress=False)
+    ft.finetune(tiny(base_dir, reorder="gps"), run_dir, progress=False)
     return run_dir
 
 

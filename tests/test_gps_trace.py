@@ -6,24 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import tiny
 from gpslib import finetune as ft
 from gpslib import gps_trace as gt
-from gpslib.model import build_model, build_processor
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    build_model("test", seed=0).save_pretrained(path)
-    build_processor("test").save_pretrained(path)
-    return path
-
-
-def tiny(base_dir, **overrides):
-    settings = dict(model=str(base_dir), train_samples=8, eval_samples=4, gen_samples=2, epochs=2, batch_size=4,
-                    grad_accum=1, max_new_tokens=4, early_stopping_patience=None, seed=0, reorder="gps")
-    settings.update(overrides)
-    return ft.FinetuneConfig(**settings).validate()
 
 
 def test_permutation_stats_count_moved_tokens_and_their_displacement():
@@ -56,7 +41,7 @@ def test_inverse_order_gives_each_tokens_slot():
 def runs(base_dir, tmp_path_factory):
     """A tiny gps run (traced, as every gps run is), and the same run with the trace removed."""
     root = tmp_path_factory.mktemp("runs")
-    traced = ft.finetune(tiny(base_dir), root / "traced", progress=False)
+    traced = ft.finetune(tiny(base_dir, reorder="gps"), root / "traced", progress=False)
     original = ft._callbacks
 
     def without_trace(*args, **kwargs):
@@ -64,7 +49,7 @@ def runs(base_dir, tmp_path_factory):
 
     ft._callbacks = without_trace
     try:
-        plain = ft.finetune(tiny(base_dir), root / "plain", progress=False)
+        plain = ft.finetune(tiny(base_dir, reorder="gps"), root / "plain", progress=False)
     finally:
         ft._callbacks = original
     return root, plain, traced
@@ -99,11 +84,11 @@ def test_the_trace_has_one_record_per_step_with_the_schedule_and_the_losses(runs
 
 def test_a_resumed_run_keeps_the_records_before_its_checkpoint(base_dir, tmp_path):
     run_dir = tmp_path / "resume"
-    ft.finetune(tiny(base_dir, epochs=1), run_dir, progress=False)  # 2 steps, checkpoint-2
+    ft.finetune(tiny(base_dir, reorder="gps", epochs=1), run_dir, progress=False)  # 2 steps, checkpoint-2
     first = gt.read_trace(run_dir)
     (run_dir / "done.json").unlink()  # as if interrupted after epoch 1 of a longer run
     info = json.loads((run_dir / "config.json").read_text())
-    config = tiny(base_dir, epochs=2)
+    config = tiny(base_dir, reorder="gps", epochs=2)
     (run_dir / "config.json").write_text(json.dumps({**info, "settings": config.__dict__}))
     ft.finetune(config, run_dir, progress=False)
     trace = gt.read_trace(run_dir)
