@@ -35,27 +35,21 @@ import datetime
 import hashlib
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from gpslib.atomic_files import atomic_write, atomic_write_text
-from gpslib.gps_divergence import CSV, PROVENANCE_JSON, SMOKE_VARIANTS, VARIANTS, run_divergence_grid
-from gpslib.provenance import code_fingerprint
-from gpslib.table3 import DIVERGENCE_FACTOR
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _git import git_output  # noqa: E402
+
+from gpslib.atomic_files import atomic_write, atomic_write_text  # noqa: E402
+from gpslib.gps_divergence import CSV, PROVENANCE_JSON, SMOKE_VARIANTS, VARIANTS, run_divergence_grid  # noqa: E402
+from gpslib.provenance import code_fingerprint  # noqa: E402
+from gpslib.table3 import DIVERGENCE_FACTOR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,14 +73,14 @@ def main(argv: list[str] | None = None) -> dict:
     runs = Path(args.runs) if args.runs else ROOT / "runs" / "divergence" / profile
     torch.set_num_threads(1)  # the runs' directories are keyed by the thread count: one, as Table 3's
 
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = git_output("status", "--porcelain", "--untracked-files=no")
     prov = {"script": "benchmarks/gps_divergence_causes.py", "argv": sys.argv[1:] if argv is None else argv,
             "smoke": args.smoke, "profile": profile, "seeds": seeds,
             "variants": [dataclasses.asdict(v) for v in variants],
             "measure": "best validation loss of the run (done.json's best_val_loss)",
             "divergence_factor": DIVERGENCE_FACTOR,
             "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": _git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
+            "git_commit": git_output("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status),
             "code_fingerprint": {"gpslib.finetune": code_fingerprint("gpslib.finetune")},
             "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "workers": args.workers, "files": {}, "wall_s": None}
