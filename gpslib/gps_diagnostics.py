@@ -11,7 +11,8 @@ step by step during training, is recorded by every ``"gps"`` run itself
   (no noise, ``tau_end``, Hungarian) to held-out prompts: how many tokens it moves, how far,
   how close its scores are to moving one, and, with ShapesVQA's grounding
   (:meth:`gpslib.data.VQACollator.grounding_maps`), whether it moves image tokens next to
-  the words naming their object; :func:`permutation_summary` averages it per run.
+  the words naming their object; :func:`permutation_summary` averages it per run, and
+  :func:`inference_permutation_table` does so for several runs (one row each).
 
 Positions: a prompt's movable tokens are its image tokens and its text tokens after BOS
 (:mod:`gpslib.prompt_layout`); GPS orders ``[image; text]`` into their slots, so ``P = I``
@@ -38,7 +39,7 @@ from gpslib.gps_trace import inverse_order, permutation_stats
 from gpslib.sinkhorn import perm_matrix_to_order
 from gpslib.tokenmixer import grouped_order
 
-__all__ = ["training_curves", "inference_permutations", "permutation_summary"]
+__all__ = ["training_curves", "inference_permutations", "permutation_summary", "inference_permutation_table"]
 
 
 # ----------------------------------------------------------------------------- training curves
@@ -231,3 +232,14 @@ def permutation_summary(per_prompt: pd.DataFrame) -> dict[str, float]:
     """Means over prompts of :func:`inference_permutations`' numeric columns (``order`` left out)."""
     numeric = per_prompt.drop(columns=["order"], errors="ignore").select_dtypes("number")
     return {k: float(v) for k, v in numeric.mean().items()}
+
+
+def inference_permutation_table(run_dirs: Mapping[Any, str | os.PathLike], num_samples: int = 64) -> pd.DataFrame:
+    """:func:`permutation_summary` of :func:`inference_permutations` for each finished ``"gps"`` run.
+
+    ``run_dirs``: label -> run directory. One row per run (index ``run``, the label), the
+    columns :func:`inference_permutations` describes (means over ``num_samples`` held-out prompts).
+    """
+    rows = {label: permutation_summary(inference_permutations(d, num_samples=num_samples))
+            for label, d in run_dirs.items()}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("run")

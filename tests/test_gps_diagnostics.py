@@ -66,6 +66,14 @@ def test_inference_permutations_describe_the_models_own_order(gps_run):
     assert "order" not in summary and summary["n_image"] == inner.config.image_seq_length
 
 
+def test_the_inference_permutation_table_has_one_row_per_run_with_its_prompt_means(gps_run):
+    table = gd.inference_permutation_table({"gps seed 0": gps_run}, num_samples=2)
+    per_prompt = gd.inference_permutations(gps_run, num_samples=2)
+    assert table.index.tolist() == ["gps seed 0"] and "order" not in table
+    assert table.loc["gps seed 0", "moved"] == pytest.approx(per_prompt["moved"].mean())
+    assert table.loc["gps seed 0", "displacement"] == pytest.approx(per_prompt["displacement"].mean())
+
+
 def test_the_identity_local_order_moves_the_image_before_the_prompts_first_words(gps_run):
     """P = I writes [image; text] into the slots: the image lands right after BOS, 'USER:' after it."""
     model, processor = ft.load_finetuned(gps_run)
