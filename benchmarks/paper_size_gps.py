@@ -47,7 +47,6 @@ import hashlib
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,6 +57,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_sinkhorn  # noqa: E402
+from _git import git_output  # noqa: E402
 
 import gpslib.permutation_learning as pl  # noqa: E402
 from gpslib.atomic_files import atomic_write, atomic_write_text  # noqa: E402
@@ -69,14 +69,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SINKHORN_TAUS = [2.0, 0.1, 0.01]
 RUN_KEYS = ("n_tokens", "dim", "steps", "batch_size", "lr")  # of profile_settings("gps", ...) for part (a)
 GPS_KEYS = ("ffn_dim", "num_layers", "sinkhorn_iters")
-
-
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def _device_name(device: torch.device) -> str:
@@ -196,14 +188,14 @@ def main(argv: list[str] | None = None) -> dict:
     prov = {"script": "benchmarks/paper_size_gps.py", "argv": sys.argv[1:] if argv is None else argv,
             "smoke": args.smoke, "profile": profile,
             "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "git_commit": _git("rev-parse", "HEAD"), "git_dirty": None,
+            "git_commit": git_output("rev-parse", "HEAD"), "git_dirty": None,
             "code_fingerprint": {m: code_fingerprint(m) for m in ("gpslib.permutation_learning", "gpslib.sinkhorn")},
             "device": device.type, "device_name": _device_name(device), "torch": torch.__version__,
             "cuda": torch.version.cuda, "python": platform.python_version(), "threads": torch.get_num_threads(),
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "budget_s": args.budget_s,
             "sinkhorn_reserve_s": args.sinkhorn_reserve_s, "gps": None, "sinkhorn": None, "files": {},
             "wall_s": None}
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = git_output("status", "--porcelain", "--untracked-files=no")
     prov["git_dirty"] = None if status is None else bool(status)
 
     def save() -> None:

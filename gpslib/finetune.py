@@ -48,6 +48,7 @@ from gpslib.checkpoints import ResumableTrainer, latest_complete_checkpoint
 from gpslib.cli import flags_to_config, parse, preparse, setting, settings_flags
 from gpslib.data import VQACollator, load_hub_vsft
 from gpslib.generation import predict, unwrap_model
+from gpslib.gps_trace import TRACE_FILE, GPSTrace
 from gpslib.metrics import paper_bleu
 from gpslib.model import load_model
 from gpslib.pretrain import BASE_MODELS, base_model_dir
@@ -113,6 +114,8 @@ class FinetuneConfig:
     lora_alpha: int = setting(16, "LoRA alpha")
     lora_dropout: float = setting(0.05, "LoRA dropout")
     learning_rate: float = setting(1e-4, "peak learning rate (cosine schedule)")
+    gps_learning_rate: float | None = setting(None, "the Sinkformer's own peak learning rate with gps (none: "
+                                                    "learning_rate, as the paper); ignored by other strategies")
     warmup_ratio: float = setting(0.03, "fraction of the steps spent warming up")
     batch_size: int = setting(4, "rows per device and step")
     grad_accum: int = setting(4, "gradient accumulation steps")
@@ -143,6 +146,9 @@ class FinetuneConfig:
             raise ValueError(f"seed must be an integer >= 0; got seed={self.seed!r}")
         if not _is_number(self.learning_rate) or not 0 < self.learning_rate < 1:
             raise ValueError(f"learning_rate must lie in (0, 1); got learning_rate={self.learning_rate!r}")
+        gps_lr = self.gps_learning_rate
+        if gps_lr is not None and (not _is_number(gps_lr) or not 0 < gps_lr < 1):
+            raise ValueError(f"gps_learning_rate must be None or lie in (0, 1); got gps_learning_rate={gps_lr!r}")
         if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must lie in [0, 1); got warmup_ratio={self.warmup_ratio!r}")
         if not _is_number(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
@@ -307,15 +313,47 @@ def _callbacks(config: FinetuneConfig, run_dir: Path, processor, gen_rows, progr
 
     callbacks = [EpochMetrics()]
     if config.reorder == "gps":
-        callbacks.append(GPSTemperature())
+        callbacks += [GPSTemperature(), GPSTrace(run_dir / TRACE_FILE)]
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     return callbacks
 
 
+class _FinetuneTrainer(ResumableTrainer):
+    """``ResumableTrainer`` whose optimizer gives the Sinkformer (parameters named ``reorder_gps``)
+    its own learning rate, ``gps_learning_rate`` (None: the Trainer's one for every parameter).
+
+    The Trainer's parameter groups (with and without weight decay) are each split in two,
+    LoRA's and the Sinkformer's, in a fixed order, so a resumed run rebuilds the same groups;
+    the learning-rate schedule scales every group by the same factor.
+    """
+
+    def __init__(self, *args, gps_learning_rate: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gps_learning_rate = gps_learning_rate
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.gps_learning_rate is None:
+            return optimizer
+        model = self.model if model is None else model
+        gps = {id(p) for n, p in model.named_parameters() if "reorder_gps" in n}
+        groups = []
+        for group in optimizer.param_groups:
+            options = {k: v for k, v in group.items() if k != "params"}
+            groups.append({**options, "params": [p for p in group["params"] if id(p) not in gps]})
+            groups.append({**options, "params": [p for p in group["params"] if id(p) in gps],
+                           "lr": self.gps_learning_rate})
+        optimizer.param_groups = []
+        for group in groups:
+            if group["params"]:
+                optimizer.add_param_group(group)
+        return optimizer
+
+
 # what a run writes into its directory (a restart or a fresh start discards exactly these)
 RUN_FILES = ("done.json", "config.json", "epochs.json", "bleu.json", "log_history.json", "eval.json", "adapter",
-             ".adapter.tmp", "checkpoints")
+             ".adapter.tmp", "checkpoints", TRACE_FILE)
 class _RunDirError(ValueError):
     """``run_dir`` holds a run this one may not reuse or resume; the message says what differs and what to do."""
 
@@ -465,7 +503,8 @@ def finetune(config: FinetuneConfig, run_dir: str | os.PathLike, progress: bool 
         dataloader_num_workers=0,
     )
     grounding = config.reorder == "oracle"
-    trainer = ResumableTrainer(
+    trainer = _FinetuneTrainer(
+        gps_learning_rate=config.gps_learning_rate if config.reorder == "gps" else None,
         model=model,
         args=args,
         train_dataset=train,

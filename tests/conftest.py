@@ -4,7 +4,7 @@ Every test runs offline (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1``) with o
 thread, so results do not depend on the machine's core count. Tests that start processes
 (the 2-process fine-tune, the CLIs, ``run_all.sh``) carry the ``slow`` marker:
 ``pytest -m "not slow"`` skips them for a quick check; CI runs everything. Helpers that
-several files need (``strip``, ``vsft_messages``, ``scores``, ``cli_flags``) live here too, imported with
+several files need (``strip``, ``vsft_messages``, ``scores``, ``cli_flags``, ``tiny``) live here too, imported with
 ``from conftest import ...``, so no test file keeps a copy of its own.
 """
 
@@ -50,6 +50,17 @@ def cli_flags(settings):
     """``settings`` (config fields) as the CLIs' flags: ``--name value``, dicts as JSON, None as ``none``."""
     text = {dict: json.dumps, type(None): lambda v: "none"}
     return [a for k, v in settings.items() for a in (f"--{k}", text.get(type(v), str)(v))]
+
+
+def tiny(base_dir, **overrides):
+    """A validated ``FinetuneConfig`` of a seconds-long run on the saved test-size model (``base_dir``):
+    8 training rows, 2 epochs of 2 steps, no early stopping, seed 0, strategy ``none`` unless overridden."""
+    from gpslib.finetune import FinetuneConfig  # here: collecting the files that never fine-tune stays quick
+
+    settings = dict(model=str(base_dir), train_samples=8, eval_samples=4, gen_samples=2, epochs=2,
+                    batch_size=4, grad_accum=1, max_new_tokens=4, early_stopping_patience=None, seed=0)
+    settings.update(overrides)
+    return FinetuneConfig(**settings).validate()
 
 
 def pytest_configure(config):

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import torch
 from peft import get_peft_model
+from transformers import TrainingArguments
 
-from conftest import cli_flags
+from conftest import cli_flags, tiny
 from gpslib import finetune as ft
 from gpslib.data import VQACollator
 from gpslib.evaluation import evaluate_run
@@ -21,13 +22,6 @@ from gpslib.model import build_model, load_model
 from gpslib.shapes_vqa import shapes_vqa
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny(base_dir, **overrides):
-    settings = dict(model=str(base_dir), train_samples=8, eval_samples=4, gen_samples=2, epochs=2,
-                    batch_size=4, grad_accum=1, max_new_tokens=4, early_stopping_patience=None, seed=0)
-    settings.update(overrides)
-    return ft.FinetuneConfig(**settings).validate()
 
 
 def test_lora_layers_sit_only_in_the_language_model(base_dir):
@@ -118,11 +112,33 @@ def test_evaluate_run_reports_every_metric_and_caches(finished_run):
 
 @pytest.mark.parametrize(
     "overrides, match",
-    [({"reorder": "shuffle"}, "'shuffle'"), ({"epochs": 0}, "epochs=0"), ({"learning_rate": 2.0}, "learning_rate=2.0")],
+    [({"reorder": "shuffle"}, "'shuffle'"), ({"epochs": 0}, "epochs=0"), ({"learning_rate": 2.0}, "learning_rate=2.0"),
+     ({"gps_learning_rate": 0.0}, "gps_learning_rate=0.0"), ({"gps_learning_rate": "1e-3"}, "gps_learning_rate='1e-3'")],
 )
 def test_bad_settings_raise_value_error_naming_the_value(base_dir, overrides, match):
     with pytest.raises(ValueError, match=match):
         tiny(base_dir, **overrides)
+
+
+@pytest.mark.parametrize("gps_learning_rate", [None, 3e-3])
+def test_the_sinkformer_learns_at_its_own_rate_and_lora_at_the_runs(base_dir, tmp_path, gps_learning_rate):
+    config = tiny(base_dir, reorder="gps", learning_rate=1e-4, gps_learning_rate=gps_learning_rate)
+    model, _ = load_model(base_dir, **config.reordering_settings)
+    peft_model = get_peft_model(model, ft.lora_config(config))
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=config.learning_rate, report_to="none",
+                             use_cpu=True)
+    trainer = ft._FinetuneTrainer(model=peft_model, args=args, gps_learning_rate=config.gps_learning_rate)
+    optimizer = trainer.create_optimizer()
+    gps = {id(p) for n, p in peft_model.named_parameters() if "reorder_gps" in n and p.requires_grad}
+    lora = {id(p) for n, p in peft_model.named_parameters() if "lora_" in n}
+    assert gps and lora
+    rates = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            rates[id(p)] = group["lr"]
+    assert set(rates) == {id(p) for p in peft_model.parameters() if p.requires_grad}  # every parameter, once
+    assert {rates[i] for i in lora} == {1e-4}
+    assert {rates[i] for i in gps} == {gps_learning_rate or 1e-4}
 
 
 def _cli(args, env_extra=None, launcher=(sys.executable,)):
@@ -358,7 +374,7 @@ def test_paged_adamw_8bit_trains_through_bitsandbytes_on_the_cpu(base_dir, tmp_p
     manager = bnb.optim.GlobalOptimManager.get_instance()
     seen = {}
 
-    class Recording(ft.ResumableTrainer):
+    class Recording(ft._FinetuneTrainer):
         def create_optimizer(self, *args, **kwargs):
             optimizer = super().create_optimizer(*args, **kwargs)
             seen["trainer"] = self
@@ -369,7 +385,7 @@ def test_paged_adamw_8bit_trains_through_bitsandbytes_on_the_cpu(base_dir, tmp_p
 
     cuda_setup = {"device": "cpu", "precision": "fp32", "optimizer": "paged_adamw_8bit", "world_size": 1}
     monkeypatch.setattr(ft, "_setup", lambda: dict(cuda_setup))
-    monkeypatch.setattr(ft, "ResumableTrainer", Recording)
+    monkeypatch.setattr(ft, "_FinetuneTrainer", Recording)
     try:
         with pytest.warns(UserWarning, match="Paged optimizers are not supported on CPU"):
             table = ft.finetune(tiny(base_dir, epochs=1), tmp_path / "run", progress=False)  # 2 steps (1st: warmup, lr 0)

@@ -1,0 +1,214 @@
+"""Writes notebooks/05_metric_tables.ipynb (cells only; run ./run_all.sh to fill its outputs), then run banner.py."""
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+cells = []
+md = lambda s: cells.append(new_markdown_cell(s.strip("\n")))
+code = lambda s, tags=None: cells.append(new_code_cell(s.strip("\n"), metadata={"tags": tags or []}))
+
+md("""
+# 05 · Six metrics, without the order confound (paper Section 4.4, Table 3)
+
+The paper fine-tunes TinyLLaVA with LoRA twice, in the original order and with TokenMixer's
+cosine reordering (threshold 0.1), and compares validation loss, BERTScore F1, METEOR, CIDEr,
+ROUGE-L and BLEU, one run each. That protocol has a confound: the base model was pretrained in
+the original order only, so a few LoRA epochs in a new order measure the cost of an unfamiliar
+order as well as any value of proximity. Here every comparison is made three ways
+(`gpslib.table3.ARMS`):
+
+* **paper_protocol**: the image-first base model (notebook 00), LoRA in each strategy's order:
+  the paper's protocol;
+* **all_layouts**: the mixed-layout base model, which saw every layout and gap in
+  pretraining, so no strategy's order is new to it;
+* **all_layouts_g512**: the same with 512 virtual positions between the image and the
+  question (notebook 06), where RoPE distance should matter most.
+
+Strategies: `none` (original order), `cosine` (TokenMixer, the paper's method 1), `gps` (the
+Sinkformer trained beside LoRA, method 2, which the paper proposes but never evaluates in the
+model), `oracle` (each object's patches before its word: the upper bound). Every run is scored on
+the same held-out prompts; means carry a Student-t interval over seeds, and every difference
+from `none` a paired bootstrap interval over seeds and prompts. Library: `gpslib.table3`.
+""")
+code('profile = "smoke"  # smoke | cpu | paper (papermill parameter)', ["parameters"])
+code("""
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from gpslib import paper
+from gpslib.figures import repo_root, save_table, savefig
+from gpslib.run_profiles import model_label, profile_settings
+from gpslib.runtime import setup
+from gpslib.gps_diagnostics import inference_permutation_table, training_curves
+from gpslib.gps_divergence import divergence_sentence, divergence_summary, load_divergence_causes
+from gpslib.table3 import differences, gps_seed_table, metric_summary, run_table3, table3_jobs, table3_verdict
+
+setup(profile)
+plan = profile_settings("table3", profile)
+results = run_table3(profile, repo_root() / "runs" / "finetune" / profile)
+arms = list(plan["arms"])
+runs = "; ".join(f"{arm}: " + ", ".join(f"{s} x {len(seeds)} seeds" for s, seeds in plan["arms"][arm].items())
+                 for arm in arms)
+print(f"{len(results)} runs ({model_label(profile)}): {runs}; each scored on {plan['eval_prompts']} held-out prompts")
+""")
+md("""
+## Table 3, the paper's protocol, beside the paper's numbers
+
+Our cells: mean ± 95% Student-t half-width over seeds. The paper's columns are one run each
+of TinyLLaVA on real instructions; ours are the embedded model on ShapesVQA (cpu profile), so
+only directions compare, not levels. Accuracy and corpus BLEU (sacrebleu) are ours only.
+""")
+code("""
+metrics = ["val_loss", "bertscore_f1", "meteor", "cider", "rouge_l", "bleu", "sacrebleu", "accuracy"]
+summary = metric_summary(results, metrics)
+cell = lambda r: f"{r['mean']:.4f} ± {r['ci95']:.4f}" if r["n"] > 1 else f"{r['mean']:.4f}"
+summary["cell"] = summary.apply(cell, axis=1)
+ours = summary[summary.arm == "paper_protocol"].pivot(index="metric", columns="strategy", values="cell")
+ours = ours[[s for s in plan["arms"]["paper_protocol"]]].add_prefix("ours ")
+table3 = paper.table3().rename(columns={"cosine_0.1": "paper cosine 0.1", "original": "paper original"})
+table3 = table3.astype(object).join(ours, how="outer").reindex(metrics).fillna("—")
+print(save_table(table3, "table3_metrics", profile))
+table3
+""")
+code("""
+every_arm = summary.pivot(index=["arm", "metric"], columns="strategy", values="cell").reindex(
+    columns=["none", "cosine", "gps", "oracle"]).dropna(axis=1, how="all").fillna("—")
+print(save_table(every_arm, "table3_metrics_all_arms", profile))
+every_arm
+""")
+md("""
+## Differences from the original order, with paired intervals
+
+Each strategy minus `none` in the same arm, seed by seed and prompt by prompt. A difference
+counts only when its interval excludes zero. The paper's column is its Table 3 difference
+(cosine − original, one run); `sign agrees` compares it with ours for the paper's protocol.
+""")
+code("""
+diffs = differences(results, metrics)
+paper_diff = paper.table3_differences()
+diffs["paper: cosine - original"] = [paper_diff.get(m) if s == "cosine" and a == "paper_protocol" else None
+                                     for a, s, m in zip(diffs.arm, diffs.strategy, diffs.metric)]
+diffs["sign agrees"] = [None if p is None or pd.isna(p) else bool((d > 0) == (p > 0))
+                        for d, p in zip(diffs["difference"], diffs["paper: cosine - original"])]
+print(save_table(diffs.set_index(["arm", "strategy", "metric"]), "table3_differences", profile))
+print(table3_verdict(diffs))
+agree = diffs.dropna(subset=["sign agrees"])
+if len(agree):
+    print(f"paper protocol, cosine vs none: our difference has the paper's sign on "
+          f"{int(agree['sign agrees'].sum())} of {len(agree)} metrics the paper reports")
+""")
+code("""
+long = pd.DataFrame([{"arm": a, "strategy": s, "seed": k, "metric": m, "value": r["metrics"][m]}
+                     for (a, s, k), r in results.items() for m in metrics])
+shown = ["val_loss", "accuracy", "bleu", "meteor", "rouge_l", "cider", "bertscore_f1"]
+grid = sns.catplot(data=long[long.metric.isin(shown)], x="strategy", y="value", col="metric", row="arm",
+                   kind="point", errorbar=("ci", 95), order=["none", "cosine", "gps", "oracle"], col_order=shown,
+                   row_order=arms, sharey="col", height=2.2, aspect=1.0, linestyle="none", capsize=0.2)
+grid.map_dataframe(sns.stripplot, x="strategy", y="value", order=["none", "cosine", "gps", "oracle"],
+                   color="k", size=2.5, alpha=0.6)
+for (arm, metric), ax in grid.axes_dict.items():
+    ax.set_title(f"{arm}\\n{metric}", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7, rotation=45)
+    if metric == "accuracy":
+        ax.set_ylim(0, 1)
+grid.figure.suptitle(f"Table 3's metrics per seed (dots) with the mean and its bootstrap 95% interval "
+                     f"({model_label(profile)})", y=1.01)
+print(savefig(grid.figure, "fig_table3_metrics", profile))
+""")
+md("""
+## GPS, seed by seed
+
+A GPS run counts as diverged when its validation loss exceeds 1.5 times that of `none` trained
+with the same seed and settings.
+""")
+code("""
+gps = gps_seed_table(results)
+print(save_table(gps.set_index(["arm", "seed"]), "table_gps_seeds", profile))
+for arm, part in gps.groupby("arm", sort=False):
+    print(f"{arm}: {int(part['diverged'].sum())} of {len(part)} GPS seeds diverged "
+          f"(val loss {part['val_loss_gps'].min():.4f} to {part['val_loss_gps'].max():.4f}; "
+          f"none {part['val_loss_none'].min():.4f} to {part['val_loss_none'].max():.4f})")
+gps
+""")
+md("""
+### Training curves of each GPS seed beside `none`
+
+Per seed of the paper's protocol: the training loss (mean of the epoch) and the validation loss
+per epoch of `gps` and of `none` with the same seed; the dotted line is 1.5 times `none`'s best
+validation loss, above which the GPS seed counts as diverged.
+""")
+code("""
+run_dirs = {(s, k): d for a, s, k, _, d in table3_jobs(profile, repo_root() / "runs" / "finetune" / profile)
+            if a == "paper_protocol" and s in ("none", "gps")}
+curves = training_curves({f"{s} seed {k}": d for (s, k), d in run_dirs.items()}, level="epoch")
+grid = sns.relplot(data=curves, x="epoch", y="loss", hue="strategy", style="split", col="seed", kind="line",
+                   marker="o", height=2.6, aspect=1.0, facet_kws={"sharey": False})
+for seed, ax in grid.axes_dict.items():
+    ax.axhline(1.5 * curves.query("strategy == 'none' and split == 'val' and seed == @seed")["loss"].min(),
+               color="k", linestyle=":", linewidth=1, label="1.5 x none (val)")
+grid.figure.suptitle(f"GPS and none per seed, paper protocol: training and validation loss "
+                     f"({model_label(profile)})", y=1.03)
+print(savefig(grid.figure, "fig_gps_seeds_curves", profile))
+""")
+md("""
+### The permutation each trained GPS applies at inference
+
+Eval mode (no noise, the last temperature, Hungarian), on held-out prompts: the fraction of
+the movable tokens (image tokens and the text after BOS) it moves from their place in the
+original prompt, their mean displacement in positions, the same for the image tokens, the
+displacement from `P = I` (the Sinkformer's residual starting point), and the smallest margin of
+a token's score for its own slot (positive everywhere: GPS keeps the identity).
+""")
+code("""
+gps_runs = {f"gps seed {k}": d for (s, k), d in run_dirs.items() if s == "gps"}
+permutation = inference_permutation_table(gps_runs, num_samples=plan["eval_prompts"])
+shown = ["moved", "displacement", "image_moved", "image_displacement", "moved_local", "displacement_local",
+         "margin_min", "margin_mean"]
+print(save_table(permutation[shown], "table_gps_inference_permutation", profile))
+permutation[shown]
+""")
+md("""
+### What makes a GPS seed diverge
+
+Fine-tuning with `gps` on five seeds under variants that each change one or two things, against
+`none` with the same seed and base model (`benchmarks/gps_divergence_causes.py`). The numbers
+below are the committed record `figures/gps_divergence_causes.csv`; its provenance says which
+code measured them.
+""")
+code("""
+causes, provenance, origin = load_divergence_causes()
+print(origin)
+if causes is not None:
+    causes_summary = divergence_summary(causes)
+    print(divergence_sentence(causes_summary))
+causes_summary if causes is not None else None
+""")
+md("""
+## Qualitative examples
+
+Held-out prompts with the ground truth and the answers of each strategy's seed-0 run in the
+paper's protocol, as the paper shows two. The paper's own two examples follow, quoted as the
+paper's: they are TinyLLaVA's answers on real images, not ours.
+""")
+code("""
+first = min(k for a, s, k in results if (a, s) == ("paper_protocol", "none"))
+shown_strategies = [s for s in plan["arms"]["paper_protocol"] if ("paper_protocol", s, first) in results]
+predictions = {s: results[("paper_protocol", s, first)]["predictions"][:4] for s in shown_strategies}
+examples = pd.DataFrame({"prompt": [p["question"] for p in predictions["none"]],
+                         "ground truth": [p["answer"] for p in predictions["none"]],
+                         **{s: [p["generated"] for p in predictions[s]] for s in shown_strategies}})
+print(save_table(examples, "table3_examples_ours", profile))
+print(f"columns: the answers of {', '.join(shown_strategies)} (seed {first}, paper protocol)")
+pd.set_option("display.max_colwidth", 120)
+examples
+""")
+code("""
+paper_examples = pd.DataFrame(paper.QUALITATIVE_EXAMPLES).rename(columns={
+    "ground_truth": "ground truth", "original": "paper: original model", "cosine": "paper: cosine model"})
+paper_examples
+""")
+nb = new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                                          "language_info": {"name": "python", "version": "3.11.7"}})
+nbformat.write(nb, Path(__file__).resolve().parents[1] / "05_metric_tables.ipynb")
