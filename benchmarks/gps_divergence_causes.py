@@ -5,7 +5,7 @@ noise, Xavier initialisation, alpha, the Sinkformer's learning rate, the mixed b
 is fine-tuned with ``reorder="gps"`` on each seed, beside ``"none"`` with the same seed and
 base model (:func:`gpslib.gps_divergence.run_divergence_grid`, runs in parallel
 single-threaded processes, reused when finished). A seed diverged when GPS's best
-validation loss exceeds 1.5x none's. Writes into ``--out`` (default ``figures/``):
+validation loss exceeds 1.5x none's. Writes into ``--out`` (default ``records/``):
 
 * ``gps_divergence_causes.csv``: variant, what_changed, seed, val_loss_gps, val_loss_none,
   ratio, diverged;
@@ -22,7 +22,7 @@ variants, 8 steps a run) takes well under a minute.
 
 Usage:
 
-    python benchmarks/gps_divergence_causes.py                        # cpu profile, writes figures/
+    python benchmarks/gps_divergence_causes.py                        # cpu profile, writes records/
     python benchmarks/gps_divergence_causes.py --variants base st0n01 --seeds 0 1 --out /tmp/div
     python benchmarks/gps_divergence_causes.py --smoke --out /tmp/smoke
 """
@@ -57,19 +57,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="smoke profile, seeds 0 1, variants "
                     f"{' '.join(SMOKE_VARIANTS)}; needs --out")
-    ap.add_argument("--out", default=None, help="folder for the CSV and the JSON (default: figures/)")
+    ap.add_argument("--out", default=None, help="folder for the CSV and the JSON (default: records/)")
     ap.add_argument("--runs", default=None, help="where the runs go (default: runs/divergence/<profile>)")
     ap.add_argument("--variants", nargs="+", choices=names, default=None, help="default: all (smoke: three)")
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 2 3 4 (smoke: 0 1)")
     ap.add_argument("--workers", type=int, default=None, help="processes (default: gpslib.parallel's)")
     args = ap.parse_args(argv)
     if args.smoke and args.out is None:
-        ap.error("--smoke writes only into a folder given with --out, never into figures/")
+        ap.error("--smoke writes only into a folder given with --out, never into records/")
     profile = "smoke" if args.smoke else "cpu"
     chosen = args.variants or (list(SMOKE_VARIANTS) if args.smoke else names)
     variants = [v for v in VARIANTS if v.name in chosen]
     seeds = args.seeds or ([0, 1] if args.smoke else [0, 1, 2, 3, 4])
-    out = Path(args.out) if args.out else ROOT / "figures"
+    out = Path(args.out) if args.out else ROOT / "records"
     runs = Path(args.runs) if args.runs else ROOT / "runs" / "divergence" / profile
     torch.set_num_threads(1)  # the runs' directories are keyed by the thread count: one, as Table 3's
 

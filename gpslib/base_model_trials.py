@@ -29,21 +29,21 @@ import pandas as pd
 
 from gpslib.atomic_files import atomic_write_text
 from gpslib.evaluation import accuracy_table
-from gpslib.figures import repo_root
 from gpslib.generation import predict
-from gpslib.pretrain import PretrainConfig, embedded_cache_dir, pretrain, train_settings
 from gpslib.model import load_model
+from gpslib.pretrain import PretrainConfig, embedded_cache_dir, pretrain, train_settings
+from gpslib.records import records_dir
 from gpslib.shapes_vqa import SHORT_ANSWER_TYPES, shapes_vqa
 
 __all__ = ["TRIALS_CSV", "load_trials", "what_changed", "trial_findings", "run_trial"]
 
-TRIALS_CSV = Path("records") / "base_model_trials.csv"
+TRIALS_CSV = "base_model_trials.csv"
 COLUMNS = [*SHORT_ANSWER_TYPES, "all"]
 
 
 def load_trials(path: str | Path | None = None) -> pd.DataFrame:
     """The trials record (default ``<repo>/records/base_model_trials.csv``), one row per trial."""
-    path = Path(path) if path is not None else repo_root() / TRIALS_CSV
+    path = Path(path) if path is not None else records_dir() / TRIALS_CSV
     if not path.exists():
         raise FileNotFoundError(f"no trials record at {path}")
     trials = pd.read_csv(path)
@@ -90,7 +90,7 @@ def trial_findings(trials: pd.DataFrame, baseline: str = "baseline", threshold: 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(), capture_output=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=records_dir().parent, capture_output=True,
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -127,7 +127,7 @@ def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: 
            "parameters": info["parameters"], "vision_seconds": info.get("vision_seconds", 0.0),
            "train_seconds": info["seconds"], "wall_seconds": round(wall, 1), "threads": info["torch_threads"],
            "commit": _commit(), "script": "benchmarks/base_model_trials.py"}
-    out = Path(record) if record is not None else repo_root() / TRIALS_CSV
+    out = Path(record) if record is not None else records_dir() / TRIALS_CSV
     old = pd.read_csv(out) if out.exists() else pd.DataFrame()
     atomic_write_text(out, pd.concat([old, pd.DataFrame([row])], ignore_index=True).to_csv(index=False))
     return row

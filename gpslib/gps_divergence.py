@@ -9,7 +9,7 @@ with :func:`gpslib.finetune.finetune` in parallel processes (:mod:`gpslib.parall
 one ``"none"`` run per seed and base model, and :func:`divergence_table` turns the best
 validation losses into the table ``benchmarks/gps_divergence_causes.py`` writes as
 :data:`CSV` (columns :data:`COLUMNS`) with :data:`PROVENANCE_JSON` beside it.
-:func:`load_divergence_causes` reads the committed copy in ``figures/``,
+:func:`load_divergence_causes` reads the committed copy in ``records/``,
 :func:`divergence_summary` counts per variant, and :func:`divergence_sentence` names the
 variants that diverged (notebook 05).
 """
@@ -28,6 +28,7 @@ import pandas as pd
 
 from gpslib import finetune as ft
 from gpslib.parallel import run_in_processes
+from gpslib.records import records_dir
 from gpslib.table3 import DIVERGENCE_FACTOR
 
 __all__ = ["CSV", "PROVENANCE_JSON", "COLUMNS", "Variant", "VARIANTS", "SMOKE_VARIANTS", "divergence_jobs",
@@ -164,17 +165,13 @@ def divergence_table(records: Iterable[Mapping[str, Any]], variants: Sequence[Va
 
 
 def load_divergence_causes(folder: str | os.PathLike | None = None) -> tuple[pd.DataFrame | None, dict | None, str]:
-    """The committed :data:`CSV` and its provenance (default folder: ``figures/``).
+    """The committed :data:`CSV` and its provenance (default folder: ``records/``).
 
     Returns ``(table, provenance, sentence)``; ``table`` and ``provenance`` are None when
     the files are not there, and ``sentence`` says so; else ``sentence`` says where the
     numbers come from (commit, script, profile) for the notebook to print.
     """
-    if folder is None:
-        from gpslib.figures import repo_root
-
-        folder = repo_root() / "figures"
-    folder = Path(folder)
+    folder = Path(folder) if folder is not None else records_dir()
     if not (folder / CSV).is_file() or not (folder / PROVENANCE_JSON).is_file():
         return None, None, (f"No record of the causes of GPS divergence: {folder.name}/{CSV} or "
                             f"{PROVENANCE_JSON} does not exist (benchmarks/gps_divergence_causes.py writes them).")

@@ -53,7 +53,7 @@ def test_the_committed_record_is_the_old_codes_and_consistent_with_itself():
     table, prov, sentence = gdv.load_divergence_causes()
     assert list(table.columns) == gdv.COLUMNS
     assert prov["git_commit"].startswith("24d3a13") and "24d3a13" in sentence and "old code" in sentence
-    assert prov["files"][gdv.CSV]["sha256"] == hashlib.sha256((ROOT / "figures" / gdv.CSV).read_bytes()).hexdigest()
+    assert prov["files"][gdv.CSV]["sha256"] == hashlib.sha256((ROOT / "records" / gdv.CSV).read_bytes()).hexdigest()
     assert table["ratio"].tolist() == pytest.approx((table["val_loss_gps"] / table["val_loss_none"]).tolist())
     assert table["diverged"].tolist() == (table["ratio"] > 1.5).tolist()
     assert set(table["variant"]) - {"old"} <= {v.name for v in gdv.VARIANTS}  # every variant reruns but 'old'

@@ -174,7 +174,7 @@ md("""
 
 Fine-tuning with `gps` on five seeds under variants that each change one or two things, against
 `none` with the same seed and base model (`benchmarks/gps_divergence_causes.py`). The numbers
-below are the committed record `figures/gps_divergence_causes.csv`; its provenance says which
+below are the committed record `records/gps_divergence_causes.csv`; its provenance says which
 code measured them.
 """)
 code("""
