@@ -159,7 +159,8 @@ Eval mode (no noise, the last temperature, Hungarian), on held-out prompts: the 
 the movable tokens (image tokens and the text after BOS) it moves from their place in the
 original prompt, their mean displacement in positions, the same for the image tokens, the
 displacement from `P = I` (the Sinkformer's residual starting point), and the smallest margin of
-a token's score for its own slot (positive everywhere: GPS keeps the identity).
+a token's score for its own slot (positive for every token would mean GPS keeps the identity).
+The sentence under the table says which it is.
 """)
 code("""
 gps_runs = {f"gps seed {k}": d for (s, k), d in run_dirs.items() if s == "gps"}
@@ -167,6 +168,11 @@ permutation = inference_permutation_table(gps_runs, num_samples=plan["eval_promp
 shown = ["moved", "displacement", "image_moved", "image_displacement", "moved_local", "displacement_local",
          "margin_min", "margin_mean"]
 print(save_table(permutation[shown], "table_gps_inference_permutation", profile))
+for run, row in permutation.iterrows():
+    print(f"{run}: against the original prompt it moves {row['moved']:.1%} of the movable tokens (mean "
+          f"displacement {row['displacement']:.2f} positions); against P = I, the Sinkformer's starting point, "
+          f"{row['moved_local']:.1%} (smallest identity margin {row['margin_min']:+.3f}) -> "
+          + ("the learnt P is still the identity" if row["moved_local"] == 0 else "the learnt P moved away from the identity"))
 permutation[shown]
 """)
 md("""
