@@ -101,7 +101,7 @@ def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: 
     """Train ``profile``'s image-first base model with ``overrides`` (PretrainConfig fields), score it, record it.
 
     The model is cached like any base model (:func:`gpslib.pretrain.embedded_cache_dir`); it is
-    scored on the first ``eval_samples`` ShapesVQA test questions (greedy, 20 new tokens) and
+    scored on the first ``eval_samples`` short-answer ShapesVQA test questions (greedy, 20 new tokens, as notebook 00) and
     the row is appended to ``record`` (default :data:`TRIALS_CSV`, written atomically) with the
     current commit. Returns the row. Raises ValueError naming a bad override.
     """
@@ -120,7 +120,8 @@ def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: 
     wall = time.perf_counter() - start
     info = json.loads((path / "train_info.json").read_text())
     model, processor = load_model(path)
-    test = shapes_vqa(eval_samples, seed=0, split="test", image_size=model.config.vision_config.image_size)
+    test = shapes_vqa(eval_samples, seed=0, split="test", image_size=model.config.vision_config.image_size,
+                      question_types=SHORT_ANSWER_TYPES)
     accuracy = accuracy_table(predict(model, processor, test, batch_size, 20))["accuracy"]
     row = {"trial": name, "settings": json.dumps(dataclasses.asdict(config), sort_keys=True),
            **{t: round(float(accuracy.get(t, math.nan)), 4) for t in COLUMNS}, "n_test": eval_samples,
