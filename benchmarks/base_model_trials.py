@@ -4,6 +4,8 @@ Each trial trains the profile's image-first base model with some PretrainConfig 
 changed and scores it on the same ShapesVQA test questions (gpslib.base_model_trials). The
 default trials are the three steps of the recipe the cpu profile uses, each one change:
 
+Recorded as rerun-<name> (rerun-baseline is their baseline in notebook 00's table):
+
     baseline            vision_steps 0,    question_mix uniform   (the recipe before issue 11)
     vision_pretraining  vision_steps 1000, question_mix uniform
     recipe              vision_steps 1000, question_mix 1,2,1,1,2,2,1  (the cpu profile's)
@@ -26,6 +28,7 @@ TRIALS = {
     "baseline": {"vision_steps": 0, "question_mix": "uniform"},
     "vision_pretraining": {"vision_steps": 1000, "question_mix": "uniform"},
     "recipe": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1"},
+    "mix3_2500": {"vision_steps": 1000, "question_mix": "1,2,1,1,3,3,1", "steps": 2500},
 }
 
 
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", default=",".join(TRIALS), help=f"comma-separated names among {list(TRIALS)}")
     parser.add_argument("--record", default=None, help="CSV to append to (default records/base_model_trials.csv)")
+    parser.add_argument("--seed", type=int, default=0, help="the base model's seed (recorded as -seed<N> when not 0)")
     parser.add_argument("--smoke", action="store_true", help="the smoke profile's test-size model, 2 vision steps, "
                                                              "16 test questions")
     args = parser.parse_args(argv)
@@ -48,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = dict(TRIALS[name])
         if args.smoke and overrides["vision_steps"]:
             overrides["vision_steps"] = 2
-        row = run_trial(f"{name}{'-smoke' if args.smoke else ''}", overrides, profile=profile,
+        tag = (f"-seed{args.seed}" if args.seed else "") + ("-smoke" if args.smoke else "")
+        row = run_trial(f"rerun-{name}{tag}", overrides, profile=profile, seed=args.seed,
                         eval_samples=16 if args.smoke else 600, batch_size=16 if args.smoke else 100,
                         record=args.record, progress=not args.smoke)
         print(f"{row['trial']}: all {row['all']:.4f}, " + ", ".join(

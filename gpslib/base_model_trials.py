@@ -54,21 +54,28 @@ def load_trials(path: str | Path | None = None) -> pd.DataFrame:
 
 
 def what_changed(trials: pd.DataFrame, baseline: str = "baseline") -> pd.Series:
-    """Per trial, the settings that differ from ``baseline``'s (``"key: old -> new"``, joined by ``; ``).
+    """Per trial, the settings that differ from its baseline's (``"key: old -> new"``, joined by ``; ``).
 
+    A trial's baseline is the trial named ``baseline`` (or ``<prefix>-baseline``, as the reruns of
+    ``benchmarks/base_model_trials.py`` are named) run by the same script, since trials of different
+    scripts name their settings differently; else the first such trial.
     A setting absent from one trial and None, False or 0 in the other counts as unchanged (a trial
     script that gained a switch records its off value only from then on).
     """
-    settings = {row.trial: json.loads(row.settings) for row in trials.itertuples()}
-    if baseline not in settings:
-        raise ValueError(f"no trial named {baseline!r}; trials are {list(settings)}")
-    base = settings[baseline]
+    rows = list(trials.itertuples())
+    scripts = [getattr(row, "script", None) for row in rows]
+    bases = {script: json.loads(row.settings) for row, script in zip(rows, scripts)
+             if row.trial == baseline or str(row.trial).endswith("-" + baseline)}
+    if not bases:
+        raise ValueError(f"no trial named {baseline!r}; trials are {[row.trial for row in rows]}")
+    first = next(iter(bases.values()))
     out = {}
-    for name, values in settings.items():
+    for row, script in zip(rows, scripts):
+        base, values = bases.get(script, first), json.loads(row.settings)
         keys = sorted(set(base) | set(values))
         diffs = [f"{k}: {base.get(k)} -> {values.get(k)}" for k in keys
                  if base.get(k) != values.get(k) and (base.get(k) or values.get(k))]  # None, False, 0 alike
-        out[name] = "; ".join(diffs) if diffs else "(the baseline)"
+        out[row.trial] = "; ".join(diffs) if diffs else "(the baseline)"
     return pd.Series(out, name="what_changed")
 
 

@@ -64,7 +64,7 @@ def test_the_smoke_script_trains_scores_and_appends_its_trials(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = load_trials(record)
-    assert trials["trial"].tolist() == ["baseline-smoke", "recipe-smoke"]
+    assert trials["trial"].tolist() == ["rerun-baseline-smoke", "rerun-recipe-smoke"]
     assert json.loads(trials["settings"][1])["question_mix"] == "1,2,1,1,2,2,1" and trials["n_test"].tolist() == [16, 16]
-    assert what_changed(trials, baseline="baseline-smoke")["recipe-smoke"] == (
+    assert what_changed(trials, baseline="baseline-smoke")["rerun-recipe-smoke"] == (
         "question_mix: uniform -> 1,2,1,1,2,2,1; vision_steps: 0 -> 2")
