@@ -35,7 +35,7 @@ from gpslib.pretrain import PretrainConfig, embedded_cache_dir, pretrain, train_
 from gpslib.records import records_dir
 from gpslib.shapes_vqa import SHORT_ANSWER_TYPES, shapes_vqa
 
-__all__ = ["TRIALS_CSV", "load_trials", "what_changed", "trial_findings", "run_trial"]
+__all__ = ["TRIALS_CSV", "load_trials", "baselines", "what_changed", "trial_findings", "run_trial"]
 
 TRIALS_CSV = "base_model_trials.csv"
 COLUMNS = [*SHORT_ANSWER_TYPES, "all"]
@@ -53,45 +53,55 @@ def load_trials(path: str | Path | None = None) -> pd.DataFrame:
     return trials
 
 
-def what_changed(trials: pd.DataFrame, baseline: str = "baseline") -> pd.Series:
-    """Per trial, the settings that differ from its baseline's (``"key: old -> new"``, joined by ``; ``).
+def baselines(trials: pd.DataFrame, baseline: str = "baseline") -> pd.Series:
+    """Per trial, the name of the trial it is compared with.
 
-    A trial's baseline is the trial named ``baseline`` (or ``<prefix>-baseline``, as the reruns of
-    ``benchmarks/base_model_trials.py`` are named) run by the same script, since trials of different
-    scripts name their settings differently; else the first such trial.
+    The trial named ``baseline`` (or ``<prefix>-baseline``, as the reruns of
+    ``benchmarks/base_model_trials.py`` are named) run by the same script: trials of different
+    scripts name their settings differently and ran different code. Where a script has no
+    baseline, the first one. ValueError if there is none at all.
+    """
+    scripts = trials["script"] if "script" in trials else pd.Series([None] * len(trials), index=trials.index)
+    is_base = trials["trial"].astype(str).map(lambda t: t == baseline or t.endswith("-" + baseline))
+    if not is_base.any():
+        raise ValueError(f"no trial named {baseline!r}; trials are {list(trials['trial'])}")
+    per_script = {}
+    for name, script in zip(trials["trial"][is_base], scripts[is_base]):
+        per_script.setdefault(script, name)
+    first = next(iter(per_script.values()))
+    return pd.Series([per_script.get(s, first) for s in scripts], index=trials["trial"], name="baseline")
+
+
+def what_changed(trials: pd.DataFrame, baseline: str = "baseline") -> pd.Series:
+    """Per trial, the settings that differ from its baseline's (:func:`baselines`), ``"key: old -> new"``
+    joined by ``; ``.
+
     A setting absent from one trial and None, False or 0 in the other counts as unchanged (a trial
     script that gained a switch records its off value only from then on).
     """
-    rows = list(trials.itertuples())
-    scripts = [getattr(row, "script", None) for row in rows]
-    bases = {script: json.loads(row.settings) for row, script in zip(rows, scripts)
-             if row.trial == baseline or str(row.trial).endswith("-" + baseline)}
-    if not bases:
-        raise ValueError(f"no trial named {baseline!r}; trials are {[row.trial for row in rows]}")
-    first = next(iter(bases.values()))
+    settings = dict(zip(trials["trial"], trials["settings"].map(json.loads)))
     out = {}
-    for row, script in zip(rows, scripts):
-        base, values = bases.get(script, first), json.loads(row.settings)
+    for name, base_name in baselines(trials, baseline).items():
+        base, values = settings[base_name], settings[name]
         keys = sorted(set(base) | set(values))
         diffs = [f"{k}: {base.get(k)} -> {values.get(k)}" for k in keys
                  if base.get(k) != values.get(k) and (base.get(k) or values.get(k))]  # None, False, 0 alike
-        out[row.trial] = "; ".join(diffs) if diffs else "(the baseline)"
+        out[name] = "; ".join(diffs) if diffs else "(the baseline)"
     return pd.Series(out, name="what_changed")
 
 
 def trial_findings(trials: pd.DataFrame, baseline: str = "baseline", threshold: float = 0.05) -> list[str]:
-    """One sentence per trial: the question types whose accuracy moved by at least ``threshold`` from ``baseline``."""
+    """One sentence per trial: the question types whose accuracy moved by at least ``threshold`` from
+    its baseline's (:func:`baselines`)."""
     table = trials.set_index("trial")
-    if baseline not in table.index:
-        raise ValueError(f"no trial named {baseline!r}; trials are {list(table.index)}")
-    base = table.loc[baseline, COLUMNS]
     sentences = []
-    for name, row in table.iterrows():
-        if name == baseline:
+    for name, base_name in baselines(trials, baseline).items():
+        if name == base_name:
             continue
+        row, base = table.loc[name], table.loc[base_name]
         moved = [(t, float(row[t] - base[t])) for t in SHORT_ANSWER_TYPES if abs(row[t] - base[t]) >= threshold]
         parts = ", ".join(f"{t} {d:+.2f}" for t, d in moved) or f"no type moved by {threshold:.2f} or more"
-        sentences.append(f"{name}: overall {row['all'] - base['all']:+.2f} ({parts}).")
+        sentences.append(f"{name} (against {base_name}): overall {row['all'] - base['all']:+.2f} ({parts}).")
     return sentences
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gpslib.base_model_trials import COLUMNS, load_trials, run_trial, trial_findings, what_changed
+from gpslib.base_model_trials import COLUMNS, baselines, load_trials, run_trial, trial_findings, what_changed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +40,18 @@ def test_what_changed_names_only_the_settings_that_differ_from_the_baseline(tmp_
 
 def test_findings_name_the_types_that_moved_by_the_threshold_and_their_sign(tmp_path):
     findings = trial_findings(load_trials(_record(tmp_path)), threshold=0.05)
-    assert findings == ["seeing: overall +0.10 (shape +0.40)."]
+    assert findings == ["seeing (against baseline): overall +0.10 (shape +0.40)."]
     assert "no type moved" in trial_findings(load_trials(_record(tmp_path)), threshold=0.5)[0]
+
+
+def test_each_script_is_compared_with_its_own_baseline(tmp_path):
+    trials = load_trials(_record(tmp_path)).assign(script="old")
+    rerun = trials.assign(script="new", trial=["rerun-baseline", "rerun-seeing"],
+                          settings=[json.dumps({"vision_steps": 0}), json.dumps({"vision_steps": 9})])
+    both = pd.concat([trials, rerun], ignore_index=True)
+    assert baselines(both).tolist() == ["baseline", "baseline", "rerun-baseline", "rerun-baseline"]
+    assert what_changed(both)["rerun-seeing"] == "vision_steps: 0 -> 9"
+    assert trial_findings(both)[1].startswith("rerun-seeing (against rerun-baseline): overall +0.10")
 
 
 def test_bad_inputs_get_errors_naming_them(tmp_path):
