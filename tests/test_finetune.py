@@ -34,19 +34,21 @@ def test_lora_layers_sit_only_in_the_language_model(base_dir):
     assert kinds == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-def test_one_step_changes_lora_b(base_dir):
+def test_one_step_changes_lora_b_and_no_base_weight(base_dir):
     model, processor = load_model(base_dir, reorder="cosine")
     peft_model = get_peft_model(model, ft.lora_config(tiny(base_dir)))
     peft_model.train()
-    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if "lora_B" in n}
-    assert all(float(p.abs().max()) == 0.0 for p in before.values())  # LoRA starts as the identity
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
+    assert all(float(p.abs().max()) == 0.0 for n, p in before.items() if "lora_B" in n)  # LoRA starts as the identity
     rows = shapes_vqa(4, seed=0, image_size=32)
     batch = VQACollator(processor, "train")([rows[i] for i in range(4)])
     opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     peft_model(**batch).loss.backward()
     opt.step()
-    after = dict(peft_model.named_parameters())
-    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+    after = {n: p.detach() for n, p in peft_model.named_parameters()}
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert any("lora_B" in n for n in changed)
+    assert all("lora_" in n for n in changed), sorted(n for n in changed if "lora_" not in n)[:3]
 
 
 @pytest.fixture(scope="module")
@@ -89,25 +91,36 @@ def test_resume_continues_the_step_count(base_dir, tmp_path):
     assert [e["epoch"] for e in history if "eval_loss" in e] == [1.0, 2.0]
 
 
-def test_early_stopping_keeps_the_best_checkpoint(base_dir, tmp_path):
-    # a learning rate this large makes validation loss rise after the first epoch
+def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_the_best_checkpoint(base_dir, tmp_path,
+                                                                                           monkeypatch):
+    real = ft._FinetuneTrainer.prediction_step
+
+    def worse_after_epoch_one(self, *args, **kwargs):  # validation loss +10 from epoch 2 on
+        loss, logits, labels = real(self, *args, **kwargs)
+        return loss + 10.0 * max(0, round(self.state.epoch) - 1), logits, labels
+
+    monkeypatch.setattr(ft._FinetuneTrainer, "prediction_step", worse_after_epoch_one)
     run_dir = tmp_path / "early"
-    table = ft.finetune(tiny(base_dir, epochs=4, learning_rate=0.5, early_stopping_patience=1), run_dir,
-                        progress=False)
+    table = ft.finetune(tiny(base_dir, epochs=4, early_stopping_patience=1), run_dir, progress=False)
     done = json.loads((run_dir / "done.json").read_text())
-    best_epoch = int(table.loc[table["val_loss"].idxmin(), "epoch"])
-    assert done["best_val_loss"] == pytest.approx(table["val_loss"].min(), rel=1e-6)
-    assert done["best_checkpoint"] == f"checkpoint-{2 * best_epoch}"
-    assert len(table) < 4 or best_epoch == 4
+    assert table["epoch"].tolist() == [1, 2] and table["val_loss"].iloc[1] > table["val_loss"].iloc[0] + 5
+    assert done["best_val_loss"] == pytest.approx(table["val_loss"].iloc[0], rel=1e-6)
+    assert done["best_checkpoint"] == f"checkpoint-{done['steps'] // 2}"
 
 
-def test_evaluate_run_reports_every_metric_and_caches(finished_run):
+def test_evaluate_run_reports_every_metric_and_a_second_call_reads_the_cache(finished_run, monkeypatch):
     run_dir, _ = finished_run
     result = evaluate_run(run_dir)
     assert {"bleu", "bertscore_f1", "meteor", "cider", "rouge_l", "val_loss", "accuracy"} <= set(result["metrics"])
-    assert len(result["predictions"]) == 2
-    assert (run_dir / "eval.json").exists()
-    assert evaluate_run(run_dir) == json.loads((run_dir / "eval.json").read_text())
+    assert len(result["predictions"]) == 2 and 0 <= result["metrics"]["accuracy"] <= 1
+    assert result["metrics"]["val_loss"] > 0 and all(p["generated"] is not None for p in result["predictions"])
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("evaluate_run recomputed a cached result")
+
+    monkeypatch.setattr("gpslib.evaluation.load_finetuned", recompute)
+    monkeypatch.setattr("gpslib.evaluation.predict", recompute)
+    assert evaluate_run(run_dir) == result == json.loads((run_dir / "eval.json").read_text())
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import subprocess
-import sys
+import tomllib
 from pathlib import Path
 
 import nbformat
@@ -108,8 +108,11 @@ def test_unknown_profile_is_refused_by_name():
     assert "'laptop'" in proc.stderr
 
 
-def test_interpreter_is_python_311():
-    assert sys.version_info[:2] == (3, 11)
+def test_pyproject_environment_and_run_all_ask_for_the_same_python():
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires == ">=3.11,<3.12"
+    assert "  - python=3.11\n" in (ROOT / "environment.yml").read_text()
+    assert "sys.version_info[:2] == (3, 11)" in (ROOT / "run_all.sh").read_text()
 
 
 # --------------------------------------------------------------------------- arguments, before the bootstrap
