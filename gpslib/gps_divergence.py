@@ -64,7 +64,7 @@ class Variant:
 
 # the variants of the measured record (the gpsstable branch's scratch/jobs_*.txt), by the same names
 VARIANTS: tuple[Variant, ...] = (
-    Variant("base", "nothing: main's defaults (image-first base model)"),
+    Variant("base", "the GPSSettings defaults (the authors' alpha 0.5), image-first base model"),
     Variant("st0", "hard (straight-through) permutation from step 0 (hard_after 0)", gps={"hard_after": 0.0}),
     Variant("st0n01", "hard from step 0, Gumbel noise scale 0.1 (hard_after 0, noise_scale 0.1)",
             gps={"hard_after": 0.0, "noise_scale": 0.1}),

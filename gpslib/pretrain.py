@@ -242,11 +242,11 @@ def pretrain_vision_tower(model, processor, config: PretrainConfig, seed: int, p
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         opt.step()
         sched.step()
-        history.append({"step": step + 1, "vision_loss": float(loss), "seconds": time.perf_counter() - start})
+        history.append({"step": step + 1, "vision_loss": loss.item(), "seconds": time.perf_counter() - start})
         every = max(1, config.vision_steps // 5)
         if progress and ((step + 1) % every == 0 or step + 1 == config.vision_steps):
             print(f"pretrain {config.size} vision tower: step {step + 1}/{config.vision_steps}, "
-                  f"loss {float(loss):.4f}, {time.perf_counter() - start:.0f} s", flush=True)
+                  f"loss {loss.item():.4f}, {time.perf_counter() - start:.0f} s", flush=True)
     return pd.DataFrame(history)
 
 

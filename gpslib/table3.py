@@ -37,7 +37,7 @@ from gpslib.intervals import mean_ci, paired_bootstrap_difference
 from gpslib.parallel import run_in_processes
 from gpslib.run_profiles import profile_settings
 
-__all__ = ["ARMS", "DIVERGENCE_FACTOR", "table3_jobs", "run_table3", "metric_summary", "differences",
+__all__ = ["ARMS", "DIVERGENCE_FACTOR", "STRATEGY_SETTINGS", "table3_jobs", "run_table3", "metric_summary", "differences",
            "gps_seed_table", "table3_verdict"]
 
 # arm -> the run settings it fixes
@@ -47,6 +47,9 @@ ARMS: dict[str, dict[str, Any]] = {
     "all_layouts_g512": {"base": "mixed", "position_gap": 512},
 }
 DIVERGENCE_FACTOR = 1.5  # a GPS run diverged when its validation loss exceeds this times none's (same seed)
+# strategies that are a reorder value with settings of their own (any other strategy name is a reorder value):
+# "gps_alpha0.5" is GPS with the authors' identity scale, the setting that diverged (finetune profile's comment)
+STRATEGY_SETTINGS: dict[str, dict[str, Any]] = {"gps_alpha0.5": {"reorder": "gps", "gps": {"alpha": 0.5}}}
 
 
 def table3_jobs(profile: str, root: str | os.PathLike) -> list[tuple[str, str, int, FinetuneConfig, Path]]:
@@ -62,7 +65,8 @@ def table3_jobs(profile: str, root: str | os.PathLike) -> list[tuple[str, str, i
             raise ValueError(f"unknown Table 3 arm {arm!r}; valid arms are {list(ARMS)}")
         for strategy, seeds in strategies.items():
             for seed in seeds:
-                config = config_for_profile(profile, reorder=strategy, seed=seed, **ARMS[arm])
+                settings = STRATEGY_SETTINGS.get(strategy, {"reorder": strategy})
+                config = config_for_profile(profile, seed=seed, **ARMS[arm], **settings)
                 jobs.append((arm, strategy, seed, config, run_dir_for(config, root, f"table3-{arm}-{strategy}-seed{seed}")))
     return jobs
 
@@ -134,15 +138,17 @@ def differences(results: dict[tuple[str, str, int], dict], metrics: Sequence[str
 
 
 def gps_seed_table(results: dict[tuple[str, str, int], dict]) -> pd.DataFrame:
-    """GPS per arm and seed: its validation loss, none's with the same seed, and whether it diverged."""
+    """GPS per arm, strategy (``gps`` and its variants of :data:`STRATEGY_SETTINGS`) and seed: its
+    validation loss, none's with the same seed, and whether it diverged."""
     rows = []
     for arm, strategy, seed in results:
-        if strategy != "gps" or (arm, "none", seed) not in results:
+        is_gps = strategy == "gps" or STRATEGY_SETTINGS.get(strategy, {}).get("reorder") == "gps"
+        if not is_gps or (arm, "none", seed) not in results:
             continue
-        gps, none = (results[(arm, s, seed)]["metrics"]["val_loss"] for s in ("gps", "none"))
-        rows.append({"arm": arm, "seed": seed, "val_loss_gps": gps, "val_loss_none": none,
+        gps, none = (results[(arm, s, seed)]["metrics"]["val_loss"] for s in (strategy, "none"))
+        rows.append({"arm": arm, "strategy": strategy, "seed": seed, "val_loss_gps": gps, "val_loss_none": none,
                      "diverged": bool(not math.isfinite(gps) or gps > DIVERGENCE_FACTOR * none)})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["arm", "strategy", "seed", "val_loss_gps", "val_loss_none", "diverged"])
 
 
 def table3_verdict(diffs: pd.DataFrame) -> str:

@@ -36,8 +36,21 @@ def test_jobs_cover_every_arm_strategy_and_seed_of_the_profile(tmp_path):
     assert {j[:3] for j in jobs} == expected and len(jobs) == len(expected)
     for arm, strategy, seed, config, run_dir in jobs:
         assert (config.base, config.position_gap) == (table3.ARMS[arm]["base"], table3.ARMS[arm]["position_gap"])
-        assert (config.reorder, config.seed) == (strategy, seed) and run_dir.parent == tmp_path
+        settings = table3.STRATEGY_SETTINGS.get(strategy, {"reorder": strategy})
+        assert (config.reorder, config.seed) == (settings["reorder"], seed) and run_dir.parent == tmp_path
+        gps_alpha = 0.5 if strategy == "gps_alpha0.5" else table3.profile_settings("finetune", "cpu")["gps"]["alpha"]
+        assert config.gps["alpha"] == gps_alpha
     assert len({j[4] for j in jobs}) == len(jobs)  # one directory per run
+    assert {s for _, s, *_ in jobs} >= {"gps", "gps_alpha0.5"}
+
+
+def test_gps_seed_table_reports_each_gps_strategy_against_none_of_the_same_seed():
+    results = {("paper_protocol", s, k): {"metrics": {"val_loss": v}} for s, k, v in [
+        ("none", 0, 0.2), ("none", 1, 0.2), ("gps", 0, 0.25), ("gps", 1, 0.31), ("gps_alpha0.5", 0, 1.4),
+        ("cosine", 0, 9.0)]}
+    table = table3.gps_seed_table(results)
+    assert table[["strategy", "seed", "diverged"]].values.tolist() == [
+        ["gps", 0, False], ["gps", 1, True], ["gps_alpha0.5", 0, True]]
 
 
 def test_a_real_shift_is_beyond_its_interval_and_no_shift_is_not():

@@ -33,6 +33,8 @@ from `none` a paired bootstrap interval over seeds and prompts. Library: `gpslib
 """)
 code('profile = "smoke"  # smoke | cpu | paper (papermill parameter)', ["parameters"])
 code("""
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -43,7 +45,9 @@ from gpslib.run_profiles import model_label, profile_settings
 from gpslib.runtime import setup
 from gpslib.gps_diagnostics import inference_permutation_table, training_curves
 from gpslib.gps_divergence import divergence_sentence, divergence_summary, load_divergence_causes
-from gpslib.table3 import differences, gps_seed_table, metric_summary, run_table3, table3_jobs, table3_verdict
+from gpslib.gps_trace import TRACE_FILE, read_trace
+from gpslib.table3 import (STRATEGY_SETTINGS, differences, gps_seed_table, metric_summary, run_table3, table3_jobs,
+                           table3_verdict)
 
 setup(profile)
 plan = profile_settings("table3", profile)
@@ -62,6 +66,7 @@ only directions compare, not levels. Accuracy and corpus BLEU (sacrebleu) are ou
 """)
 code("""
 metrics = ["val_loss", "bertscore_f1", "meteor", "cider", "rouge_l", "bleu", "sacrebleu", "accuracy"]
+STRATEGY_ORDER = [s for s in ["none", "cosine", "gps", "oracle", *STRATEGY_SETTINGS] if any(s in v for v in plan["arms"].values())]
 summary = metric_summary(results, metrics)
 cell = lambda r: f"{r['mean']:.4f} ± {r['ci95']:.4f}" if r["n"] > 1 else f"{r['mean']:.4f}"
 summary["cell"] = summary.apply(cell, axis=1)
@@ -74,7 +79,7 @@ table3
 """)
 code("""
 every_arm = summary.pivot(index=["arm", "metric"], columns="strategy", values="cell").reindex(
-    columns=["none", "cosine", "gps", "oracle"]).dropna(axis=1, how="all").fillna("—")
+    columns=STRATEGY_ORDER).dropna(axis=1, how="all").fillna("—")
 print(save_table(every_arm, "table3_metrics_all_arms", profile))
 every_arm
 """)
@@ -104,9 +109,9 @@ long = pd.DataFrame([{"arm": a, "strategy": s, "seed": k, "metric": m, "value": 
                      for (a, s, k), r in results.items() for m in metrics])
 shown = ["val_loss", "accuracy", "bleu", "meteor", "rouge_l", "cider", "bertscore_f1"]
 grid = sns.catplot(data=long[long.metric.isin(shown)], x="strategy", y="value", col="metric", row="arm",
-                   kind="point", errorbar=("ci", 95), order=["none", "cosine", "gps", "oracle"], col_order=shown,
+                   kind="point", errorbar=("ci", 95), order=STRATEGY_ORDER, col_order=shown,
                    row_order=arms, sharey="col", height=2.2, aspect=1.0, linestyle="none", capsize=0.2)
-grid.map_dataframe(sns.stripplot, x="strategy", y="value", order=["none", "cosine", "gps", "oracle"],
+grid.map_dataframe(sns.stripplot, x="strategy", y="value", order=STRATEGY_ORDER,
                    color="k", size=2.5, alpha=0.6)
 for (arm, metric), ax in grid.axes_dict.items():
     ax.set_title(f"{arm}\\n{metric}", fontsize=8)
@@ -121,13 +126,15 @@ md("""
 ## GPS, seed by seed
 
 A GPS run counts as diverged when its validation loss exceeds 1.5 times that of `none` trained
-with the same seed and settings.
+with the same seed and settings. `gps` is GPS with identity scale alpha 10 (the fine-tuning
+profiles' setting); `gps_alpha0.5` is GPS with the authors' alpha 0.5, the setting whose seeds
+diverged (the per-step trace below shows why). Everything else is the same.
 """)
 code("""
 gps = gps_seed_table(results)
-print(save_table(gps.set_index(["arm", "seed"]), "table_gps_seeds", profile))
-for arm, part in gps.groupby("arm", sort=False):
-    print(f"{arm}: {int(part['diverged'].sum())} of {len(part)} GPS seeds diverged "
+print(save_table(gps.set_index(["arm", "strategy", "seed"]), "table_gps_seeds", profile))
+for (arm, strategy), part in gps.groupby(["arm", "strategy"], sort=False):
+    print(f"{arm}, {strategy}: {int(part['diverged'].sum())} of {len(part)} seeds diverged "
           f"(val loss {part['val_loss_gps'].min():.4f} to {part['val_loss_gps'].max():.4f}; "
           f"none {part['val_loss_none'].min():.4f} to {part['val_loss_none'].max():.4f})")
 gps
@@ -141,8 +148,9 @@ validation loss, above which the GPS seed counts as diverged.
 """)
 code("""
 run_dirs = {(s, k): d for a, s, k, _, d in table3_jobs(profile, repo_root() / "runs" / "finetune" / profile)
-            if a == "paper_protocol" and s in ("none", "gps")}
+            if a == "paper_protocol" and (s == "none" or s.startswith("gps"))}
 curves = training_curves({f"{s} seed {k}": d for (s, k), d in run_dirs.items()}, level="epoch")
+curves["strategy"] = curves["run"].str.rsplit(" seed ", n=1).str[0]  # gps_alpha0.5 is reorder "gps" too
 grid = sns.relplot(data=curves, x="epoch", y="loss", hue="strategy", style="split", col="seed", kind="line",
                    marker="o", height=2.6, aspect=1.0, facet_kws={"sharey": False})
 for seed, ax in grid.axes_dict.items():
@@ -151,6 +159,37 @@ for seed, ax in grid.axes_dict.items():
 grid.figure.suptitle(f"GPS and none per seed, paper protocol: training and validation loss "
                      f"({model_label(profile)})", y=1.03)
 print(savefig(grid.figure, "fig_gps_seeds_curves", profile))
+""")
+md("""
+### Why a seed diverges: what P does, step by step
+
+Every GPS run records, per training step (`gpslib.gps_trace`), the mass the soft P puts on the
+identity (`diagonal`), how much it mixes token embeddings (`mixing`), the mean diagonal of the
+Sinkformer's learnt scores (`score_diag`: positive favours keeping each token in place), the
+fraction of tokens the inference permutation would move at that step (`moved_infer`) and the
+training loss. Mean over the seeds of each strategy; the vertical line is where the hard
+permutation starts.
+""")
+code("""
+traces = pd.concat([read_trace(d).assign(strategy=s, seed=k) for (s, k), d in run_dirs.items()
+                    if s.startswith("gps") and (Path(d) / TRACE_FILE).exists()], ignore_index=True)
+if len(traces):
+    panels = ["diagonal", "mixing", "score_diag", "moved_infer", "loss"]
+    long_trace = traces.melt(id_vars=["strategy", "seed", "step", "hard"], value_vars=panels, var_name="quantity")
+    grid = sns.relplot(data=long_trace, x="step", y="value", hue="strategy", col="quantity", kind="line",
+                       errorbar=("ci", 95), col_wrap=5, height=2.4, aspect=1.0, facet_kws={"sharey": False})
+    first_hard = traces.loc[traces["hard"], "step"].min()
+    for ax in grid.axes.flat:
+        ax.axvline(first_hard, color="grey", linestyle=":", linewidth=1)
+    grid.figure.suptitle(f"GPS inside the model, per training step, mean over seeds ({model_label(profile)})", y=1.04)
+    print(savefig(grid.figure, "fig_gps_trace", profile))
+    last = traces["step"].max()
+    for strategy, part in traces.groupby("strategy"):
+        start, end = part[part["step"] == 1], part[part["step"] == last]
+        print(f"{strategy}: at step 1 the soft P puts {start['diagonal'].mean():.3f} of its mass on the identity "
+              f"(training loss {start['loss'].mean():.3f}); by the last step the scores' diagonal is "
+              f"{end['score_diag'].mean():+.3f} and the inference permutation moves {end['moved_infer'].mean():.1%} "
+              f"of the tokens (seeds {sorted(part['seed'].unique().tolist())})")
 """)
 md("""
 ### The permutation each trained GPS applies at inference
@@ -163,7 +202,7 @@ a token's score for its own slot (positive for every token would mean GPS keeps 
 The sentence under the table says which it is.
 """)
 code("""
-gps_runs = {f"gps seed {k}": d for (s, k), d in run_dirs.items() if s == "gps"}
+gps_runs = {f"{s} seed {k}": d for (s, k), d in run_dirs.items() if s.startswith("gps")}
 permutation = inference_permutation_table(gps_runs, num_samples=plan["eval_prompts"])
 shown = ["moved", "displacement", "image_moved", "image_displacement", "moved_local", "displacement_local",
          "margin_min", "margin_mean"]
