@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -117,7 +118,9 @@ def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: 
               batch_size: int = 100, record: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Train ``profile``'s image-first base model with ``overrides`` (PretrainConfig fields), score it, record it.
 
-    The model is cached like any base model (:func:`gpslib.pretrain.embedded_cache_dir`); it is
+    The model is cached like any base model (:func:`gpslib.pretrain.embedded_cache_dir`; ``wall_seconds``
+    is its training time, from its ``train_info.json``, and ``cached`` says it was not trained by
+    this call; ``load_average`` is the machine's at the end); it is
     scored on the first ``eval_samples`` short-answer ShapesVQA test questions (greedy, 20 new tokens, as notebook 00) and
     the row is appended to ``record`` (default :data:`TRIALS_CSV`, written atomically) with the
     current commit. Returns the row. Raises ValueError naming a bad override.
@@ -140,11 +143,12 @@ def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: 
     test = shapes_vqa(eval_samples, seed=0, split="test", image_size=model.config.vision_config.image_size,
                       question_types=SHORT_ANSWER_TYPES)
     accuracy = accuracy_table(predict(model, processor, test, batch_size, 20))["accuracy"]
-    row = {"trial": name, "settings": json.dumps(dataclasses.asdict(config), sort_keys=True),
+    row = {"trial": name, "settings": json.dumps({**dataclasses.asdict(config), "seed": seed}, sort_keys=True),
            **{t: round(float(accuracy.get(t, math.nan)), 4) for t in COLUMNS}, "n_test": eval_samples,
            "parameters": info["parameters"], "vision_seconds": info.get("vision_seconds", 0.0),
-           "train_seconds": info["seconds"], "wall_seconds": round(wall, 1), "threads": info["torch_threads"],
-           "commit": _commit(), "script": "benchmarks/base_model_trials.py"}
+           "train_seconds": info["seconds"], "wall_seconds": round(info.get("total_seconds", info["seconds"]), 1),
+           "cached": wall < 0.5 * info.get("total_seconds", info["seconds"]), "load_average": os.getloadavg()[0],
+           "threads": info["torch_threads"], "commit": _commit(), "script": "benchmarks/base_model_trials.py"}
     out = Path(record) if record is not None else records_dir() / TRIALS_CSV
     old = pd.read_csv(out) if out.exists() else pd.DataFrame()
     atomic_write_text(out, pd.concat([old, pd.DataFrame([row])], ignore_index=True).to_csv(index=False))

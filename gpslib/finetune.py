@@ -192,8 +192,14 @@ EXPERIMENT_KEYS = ("table2_epochs",)
 
 
 def config_for_profile(profile: str, **overrides) -> FinetuneConfig:
-    """The run settings of a profile (``profiles.SETTINGS["finetune"]``), with ``overrides``."""
+    """The run settings of a profile (``profiles.SETTINGS["finetune"]``), with ``overrides``.
+
+    A ``gps`` override is merged into the profile's ``gps`` settings (``{"sinkhorn_iters": 20}``
+    keeps the profile's alpha), as the CLI's ``--gps`` is.
+    """
     settings = {k: v for k, v in profile_settings("finetune", profile).items() if k not in EXPERIMENT_KEYS}
+    if "gps" in overrides:
+        overrides = {**overrides, "gps": {**settings.get("gps", {}), **overrides["gps"]}}
     settings.update(overrides)
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(FinetuneConfig)})
     if unknown:
@@ -208,10 +214,13 @@ def run_dir_for(config: FinetuneConfig, root: str | os.PathLike, name: str) -> P
     A run directory is reused when its run finished (and resumed when it did not), so its
     name carries everything that determines the result: changed settings, changed code
     (:mod:`gpslib.finetune` or any gpslib module it imports) or another thread count get a
-    new directory instead of a stale run. The base model is checked separately by its
+    new directory instead of a stale run. GPS's settings key only ``"gps"`` runs. The base model is checked separately by its
     weights' fingerprint.
     """
-    key = settings_hash({"settings": dataclasses.asdict(config.validate()), "code": code_fingerprint("gpslib.finetune"),
+    settings = dataclasses.asdict(config.validate())
+    if config.reorder != "gps":  # GPS's settings do not touch the other strategies' runs
+        settings = {**settings, "gps": {}, "gps_learning_rate": None}
+    key = settings_hash({"settings": settings, "code": code_fingerprint("gpslib.finetune"),
                          "threads": torch.get_num_threads()})
     return Path(root) / f"{name}-{key[:10]}"
 
@@ -588,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     flags = settings_flags(FinetuneConfig, defaults, f"settings (defaults: the {profile} profile)")
     parser = HfArgumentParser((FinetuneRun, flags), prog=prog, description=description, allow_abbrev=False)
     run, values = parse(parser, argv)
+    values.gps = {**defaults["gps"], **values.gps}  # --gps adds to the profile's GPS settings
     config = flags_to_config(parser, FinetuneConfig, values)
     try:
         setup(run.profile, seed=config.seed, threads=run.threads, verbose=False)

@@ -62,22 +62,28 @@ class Variant:
         return "-".join(["none", *map(str, self.none_settings().values())])
 
 
-# the variants of the measured record (the gpsstable branch's scratch/jobs_*.txt), by the same names
+# the variants of the measured record (the gpsstable branch's scratch/jobs_*.txt), by the same names; each
+# sets alpha (merged into the fine-tuning profile's GPS settings, whose alpha is 10 since that record)
 VARIANTS: tuple[Variant, ...] = (
-    Variant("base", "the GPSSettings defaults (the authors' alpha 0.5), image-first base model"),
-    Variant("st0", "hard (straight-through) permutation from step 0 (hard_after 0)", gps={"hard_after": 0.0}),
+    Variant("base", "the authors' GPS settings (alpha 0.5), image-first base model", gps={"alpha": 0.5}),
+    Variant("st0", "hard (straight-through) permutation from step 0 (hard_after 0)", gps={"alpha": 0.5, "hard_after": 0.0}),
     Variant("st0n01", "hard from step 0, Gumbel noise scale 0.1 (hard_after 0, noise_scale 0.1)",
-            gps={"hard_after": 0.0, "noise_scale": 0.1}),
-    Variant("xavier", "Sinkformer Xavier-initialised after loading, away from the identity", reinit_gps=True),
+            gps={"alpha": 0.5, "hard_after": 0.0, "noise_scale": 0.1}),
+    Variant("xavier", "Sinkformer Xavier-initialised after loading, away from the identity", gps={"alpha": 0.5},
+            reinit_gps=True),
     Variant("a10", "identity scale of the residual permutation alpha 10 (default 0.5)", gps={"alpha": 10.0}),
-    Variant("glr3e-4", "Sinkformer learning rate 3e-4 (LoRA's 1e-4)", finetune={"gps_learning_rate": 3e-4}),
-    Variant("glr1e-3", "Sinkformer learning rate 1e-3 (LoRA's 1e-4)", finetune={"gps_learning_rate": 1e-3}),
-    Variant("glr3e-3", "Sinkformer learning rate 3e-3 (LoRA's 1e-4)", finetune={"gps_learning_rate": 3e-3}),
+    Variant("glr3e-4", "Sinkformer learning rate 3e-4 (LoRA's 1e-4)", gps={"alpha": 0.5},
+            finetune={"gps_learning_rate": 3e-4}),
+    Variant("glr1e-3", "Sinkformer learning rate 1e-3 (LoRA's 1e-4)", gps={"alpha": 0.5},
+            finetune={"gps_learning_rate": 1e-3}),
+    Variant("glr3e-3", "Sinkformer learning rate 3e-3 (LoRA's 1e-4)", gps={"alpha": 0.5},
+            finetune={"gps_learning_rate": 3e-3}),
     Variant("a10glr1e-3", "alpha 10 and Sinkformer learning rate 1e-3", gps={"alpha": 10.0},
             finetune={"gps_learning_rate": 1e-3}),
-    Variant("mixed-base", "mixed base model (pretrained on every layout)", finetune={"base": "mixed"}),
+    Variant("mixed-base", "mixed base model (pretrained on every layout)", gps={"alpha": 0.5},
+            finetune={"base": "mixed"}),
     Variant("mixed-glr1e-3", "mixed base model and Sinkformer learning rate 1e-3",
-            finetune={"base": "mixed", "gps_learning_rate": 1e-3}),
+            gps={"alpha": 0.5}, finetune={"base": "mixed", "gps_learning_rate": 1e-3}),
     Variant("mixed-a10", "mixed base model and alpha 10", gps={"alpha": 10.0}, finetune={"base": "mixed"}),
     Variant("mixed-a10glr1e-3", "mixed base model, alpha 10 and Sinkformer learning rate 1e-3",
             gps={"alpha": 10.0}, finetune={"base": "mixed", "gps_learning_rate": 1e-3}),

@@ -105,7 +105,8 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                          "all_layouts": {"none": [0, 1, 2], "cosine": [0, 1, 2], "oracle": [0, 1, 2]},
                          "all_layouts_g512": {"none": [0, 1, 2], "cosine": [0, 1, 2], "oracle": [0, 1, 2]}}},
         "paper": {"eval_prompts": 600,
-                  "arms": {"paper_protocol": {"none": [0, 1, 2], "cosine": [0, 1, 2], "gps": [0, 1, 2]},
+                  "arms": {"paper_protocol": {"none": [0, 1, 2], "cosine": [0, 1, 2], "gps": [0, 1, 2],
+                                              "gps_alpha0.5": [0, 1, 2]},
                            "all_layouts_g512": {"none": [0, 1, 2], "cosine": [0, 1, 2]}}},
     },
     # notebooks/03_gps_permutation_learning.ipynb (paper Section 3.2, 4.5, Figure 5);

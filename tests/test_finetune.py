@@ -16,6 +16,7 @@ from transformers import TrainingArguments
 
 from conftest import cli_flags, tiny
 from gpslib import finetune as ft
+from gpslib import run_profiles
 from gpslib.data import VQACollator
 from gpslib.evaluation import evaluate_run
 from gpslib.model import build_model, load_model
@@ -331,8 +332,22 @@ def test_flags_override_the_profile_settings_and_nothing_else(tmp_path, monkeypa
     expected = ft.config_for_profile("smoke", epochs=5, reorder="gps", gps={"sinkhorn_iters": 20},
                                      early_stopping_patience=3, v2pe_delta=0.25)
     assert seen[-1] == (expected, str(tmp_path), False, True)
+    assert seen[-1][0].gps == {**run_profiles.profile_settings("finetune", "smoke")["gps"], "sinkhorn_iters": 20}
     assert ft.main(["--run-dir", str(tmp_path), "--early_stopping_patience", "none"]) == 0  # cpu: 2
     assert seen[-1][0] == ft.config_for_profile("cpu", early_stopping_patience=None)
+
+
+def test_a_gps_override_adds_to_the_profiles_gps_settings_and_keys_only_gps_runs(tmp_path):
+    profile_gps = run_profiles.profile_settings("finetune", "cpu")["gps"]
+    assert ft.config_for_profile("cpu", reorder="gps", gps={"sinkhorn_iters": 20}).gps == {**profile_gps,
+                                                                                            "sinkhorn_iters": 20}
+    assert ft.config_for_profile("cpu", reorder="gps", gps={"alpha": 0.5}).gps["alpha"] == 0.5
+    none = ft.config_for_profile("cpu", reorder="none")
+    other_gps = ft.config_for_profile("cpu", reorder="none", gps={"alpha": 3.0}, gps_learning_rate=1e-3)
+    assert ft.run_dir_for(none, tmp_path, "r") == ft.run_dir_for(other_gps, tmp_path, "r")
+    gps = ft.config_for_profile("cpu", reorder="gps")
+    assert ft.run_dir_for(gps, tmp_path, "r") != ft.run_dir_for(
+        ft.config_for_profile("cpu", reorder="gps", gps={"alpha": 3.0}), tmp_path, "r")
 
 
 def test_the_cli_fixes_the_thread_count_the_results_depend_on(tmp_path, monkeypatch):

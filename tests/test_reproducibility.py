@@ -1,8 +1,8 @@
 """Reruns reproduce (issue 13 item 1): the same piece of work, run twice in separate processes with the
 same seeds and thread count, writes byte-identical outputs.
 
-The piece: a smoke-profile base model (2 vision-tower steps, 12 VQA steps, with checkpoints) and one
-epoch of LoRA fine-tuning from it, each in a fresh ``python -m`` process with its own cache. The
+The piece: a smoke-profile base model (2 vision-tower steps, 12 VQA steps) and one epoch of LoRA
+fine-tuning from it, each in a fresh ``python -m`` process with its own cache. The
 weights, the losses and the adapter's settings are compared (wall times and the adapter's
 path to its base model differ by design). The thread count is pinned to 1, as every notebook pins it (:mod:`gpslib.runtime`: results differ
 between 1 and 2 threads; the cache keys include the count).

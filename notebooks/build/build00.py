@@ -63,8 +63,9 @@ warmup and cosine decay, gradient clipping; the vision tower and the projector l
 answer tokens only. Before that, `vision_steps` steps of patch labels (the shape, colour and size
 of the object under each patch) train the vision tower alone: TinyLLaVA's CLIP tower comes
 pretrained, ours would start from random weights (`gpslib.pretrain.pretrain_vision_tower`).
-`question_mix` asks shape, existence and relation questions twice as often as the others. The
-section *How the base model learnt to see* below shows why. A training run prints progress lines.
+`question_mix` weights the question types (colour, shape, count, position, existence,
+relation, describe; printed below). The section *How the base model learnt to see* shows why. A
+training run prints progress lines.
 """)
 code("""
 models, infos, histories = {}, {}, {}
@@ -86,6 +87,12 @@ for base, info in infos.items():
               f"{info.get('question_mix', 'uniform')}{', from the image-first model' if info.get('init') else ''}) "
               f"in {info.get('total_seconds', info['seconds']):.0f} s with {info['torch_threads']} torch thread(s)")
 if infos["image_first"] is not None:
+    mix = str(infos["image_first"].get("question_mix", "uniform"))
+    if mix != "uniform":
+        from gpslib.shapes_vqa import QUESTION_TYPES, question_type_weights
+        shares = question_type_weights(mix)
+        print("question types asked (share of the training rows): "
+              + ", ".join(f"{t} {w:.2f}" for t, w in zip(QUESTION_TYPES, shares)))
     total = infos["image_first"].get("total_seconds", infos["image_first"]["seconds"])
     print(f"image_first pretraining took {total / 60:.1f} min against issue 11's goal of at most 10 min on 2 cores: "
           + ("met" if total <= 600 else "missed"))
@@ -174,18 +181,18 @@ print(savefig(fig, "fig_pretrain_accuracy", profile))
 md("""
 ## How the base model learnt to see (issue 11, item 1)
 
-Before issue 11 the `cpu` base model answered about half the test questions: colour and shape at
-chance, existence and relation at one constant answer (their accuracy equals the share of that
-answer). Trials changed one setting at a time and scored each model on the same 600 test
+The record's first row, `baseline`, is the recipe before issue 11 (its rerun at a later commit
+is `rerun-baseline`). An accuracy equal to the share of one answer among a yes/no type's questions
+means the model gives that answer to every question of the type. Trials changed one setting at a time and scored each model on the same 600 test
 questions: the vision tower's learning-rate split (`vision_lr_scale`), patch-label pre-training
 of the vision tower (`vision_steps`), the question-type mix (`question_mix`, weights in the order
 colour, shape, count, position, existence, relation, describe), a deeper language model, a wider
 vision tower, other answer formats. The record (`records/base_model_trials.csv`, read by
 `gpslib.base_model_trials`) says for each trial the commit and script that ran it; the trials
 ran before the recipe entered `gpslib.pretrain`, `benchmarks/base_model_trials.py` reruns the
-ones `PretrainConfig` can express. Single runs, one seed each: a difference of a few points
-between two trials is within what a second seed could change. The last row is this notebook's
-own image-first model.
+ones `PretrainConfig` can express. Each trial is one run of one seed (`rerun-recipe-seed1` repeats
+the recipe with another seed, which shows how far a second seed moves the numbers). The last row is
+this notebook's own image-first model.
 """)
 code("""
 trials = load_trials()
