@@ -41,6 +41,7 @@ from transformers.trainer_callback import TrainerState
 
 from conftest import cli_flags
 from gpslib import finetune as ft
+from gpslib.run_profiles import profile_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = int(os.environ.get("GPSLIB_FAULT_SEED", "13"))  # the seeded choice of kill points (try others)
@@ -61,7 +62,8 @@ KILL_POINTS = {
 def _settings(base_dir):
     return dict(model=str(base_dir), model_profile="smoke", reorder="gps", train_samples=4, eval_samples=4,
                 gen_samples=2, epochs=STEPS, batch_size=4, grad_accum=1, max_new_tokens=4,
-                early_stopping_patience=None, learning_rate=1e-2, seed=0)
+                early_stopping_patience=None, learning_rate=1e-2, seed=0,
+                gps=dict(profile_settings("finetune", "smoke")["gps"]))  # what the CLI's --profile smoke gives
 
 
 def _kill_plan(seed: int) -> list[tuple[str, int]]:
