@@ -126,7 +126,7 @@ md("""
 ## GPS, seed by seed
 
 A GPS run counts as diverged when its validation loss exceeds 1.5 times that of `none` trained
-with the same seed and settings. `gps` is GPS with identity scale alpha 10 (the fine-tuning
+with the same seed and settings. `gps` is GPS with identity scale alpha 20 (the fine-tuning
 profiles' setting); `gps_alpha0.5` is GPS with the authors' alpha 0.5. Everything else is the
 same. The sentences under the table count the diverged seeds of each; the per-step trace below
 shows what P did.
