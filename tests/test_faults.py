@@ -259,7 +259,7 @@ def test_an_interrupted_run_all_publishes_only_the_finished_notebooks_files(tmp_
             os.killpg(proc.pid, sig)
         else:  # what timeout(1) or kill PID does: papermill must not run on, orphaned
             os.kill(proc.pid, sig)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=180)  # the notebook sleeps 300 s: a run left going still fails
         assert _papermills_running(nbs) == []
     finally:  # the whole group: an orphaned papermill outlives the script in it
         try:
