@@ -199,6 +199,17 @@ def test_a_run_killed_four_times_and_resumed_equals_an_uninterrupted_run(base_di
 
 
 # --------------------------------------------------------------------------- run_all.sh interrupted
+def _default_signal_handlers() -> None:
+    """In the child: INT, TERM and HUP back to their defaults, as a terminal gives them.
+
+    A test suite started as a background job of a non-interactive shell (``cmd &``, ``nohup``)
+    inherits SIGINT ignored, and bash cannot trap a signal ignored when it starts: the
+    SIGINT cases would then test the harness, not run_all.sh.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _notebook(path: Path, *sources: str) -> None:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -248,7 +259,8 @@ def test_an_interrupted_run_all_publishes_only_the_finished_notebooks_files(tmp_
     env = dict(os.environ, GPSLIB_NOTEBOOKS_DIR=str(nbs), GPSLIB_PUBLISH_DIR=str(publish), GPSLIB_RUNS_DIR=str(runs),
                OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([str(ROOT / "run_all.sh"), "--profile", "cpu"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_default_signal_handlers)
     try:
         deadline = time.monotonic() + 300
         while not started.exists():
