@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from gpslib.base_model_trials import run_trial
-from gpslib.runtime import setup
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _git import git_output  # noqa: E402
+
+from gpslib.base_model_trials import run_trial  # noqa: E402
+from gpslib.runtime import setup  # noqa: E402
 
 TRIALS = {
     "baseline": {"vision_steps": 0, "question_mix": "uniform"},
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--smoke writes a scratch record: give --record PATH")
     profile = "smoke" if args.smoke else "cpu"
     setup(profile, verbose=False)
+    head = git_output("rev-parse", "--short", "HEAD") or "unknown"
+    commit = head + (" (uncommitted changes)" if git_output("status", "--porcelain", "--untracked-files=no") else "")
     for name in names:
         overrides = dict(TRIALS[name])
         if args.smoke:  # the smoke profile's own 30 steps, 2 vision steps: seconds
@@ -56,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         tag = (f"-seed{args.seed}" if args.seed else "") + ("-smoke" if args.smoke else "")
         row = run_trial(f"rerun-{name}{tag}", overrides, profile=profile, seed=args.seed,
                         eval_samples=16 if args.smoke else 600, batch_size=16 if args.smoke else 100,
-                        record=args.record, progress=not args.smoke)
+                        record=args.record, progress=not args.smoke, commit=commit)
         print(f"{row['trial']}: all {row['all']:.4f}, " + ", ".join(
             f"{t} {row[t]:.4f}" for t in ("colour", "shape", "count", "position", "existence", "relation")))
     return 0

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -106,24 +105,17 @@ def trial_findings(trials: pd.DataFrame, baseline: str = "baseline", threshold: 
     return sentences
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=records_dir().parent, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: int = 0, eval_samples: int = 600,
-              batch_size: int = 100, record: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
+              batch_size: int = 100, record: str | Path | None = None, progress: bool = True,
+              commit: str = "unknown") -> dict[str, Any]:
     """Train ``profile``'s image-first base model with ``overrides`` (PretrainConfig fields), score it, record it.
 
     The model is cached like any base model (:func:`gpslib.pretrain.embedded_cache_dir`; ``wall_seconds``
     is its training time, from its ``train_info.json``, and ``cached`` says it was not trained by
     this call; ``load_average`` is the machine's at the end); it is
     scored on the first ``eval_samples`` short-answer ShapesVQA test questions (greedy, 20 new tokens, as notebook 00) and
-    the row is appended to ``record`` (default :data:`TRIALS_CSV`, written atomically) with the
-    current commit. Returns the row. Raises ValueError naming a bad override.
+    the row is appended to ``record`` (default :data:`TRIALS_CSV`, written atomically) with
+    ``commit``, the caller's name for the code that ran it. Returns the row. Raises ValueError naming a bad override.
     """
     settings = train_settings(profile, "image_first")
     if "model" in settings:
@@ -148,7 +140,7 @@ def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: 
            "parameters": info["parameters"], "vision_seconds": info.get("vision_seconds", 0.0),
            "train_seconds": info["seconds"], "wall_seconds": round(info.get("total_seconds", info["seconds"]), 1),
            "cached": wall < 0.5 * info.get("total_seconds", info["seconds"]), "load_average": os.getloadavg()[0],
-           "threads": info["torch_threads"], "commit": _commit(), "script": "benchmarks/base_model_trials.py"}
+           "threads": info["torch_threads"], "commit": commit, "script": "benchmarks/base_model_trials.py"}
     out = Path(record) if record is not None else records_dir() / TRIALS_CSV
     old = pd.read_csv(out) if out.exists() else pd.DataFrame()
     atomic_write_text(out, pd.concat([old, pd.DataFrame([row])], ignore_index=True).to_csv(index=False))
