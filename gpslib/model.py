@@ -43,8 +43,9 @@ __all__ = [
 # size -> geometry and widths. base_vocab: tokenizer pieces before <image>, <pad>;
 # the model's vocabulary is padded to a multiple of 64 as the real one (32002 -> 32064).
 MODEL_SIZES: dict[str, dict[str, Any]] = {
-    # embedded: sized so gpslib.pretrain reaches its accuracy goal in minutes on 2 cores
-    # (64 px, patch 16: one patch per cell of ShapesVQA's 4 x 4 grid, 16 image tokens).
+    # embedded: sized so gpslib.pretrain trains it in minutes on 2 cores (64 px, patch 16: one
+    # patch per cell of ShapesVQA's 4 x 4 grid, 16 image tokens); PretrainConfig.text_layers
+    # deepens its language model for a trial (benchmarks/base_model_trials.py).
     "embedded": dict(image_size=64, patch_size=16, base_vocab=768,
                      vision=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2),
                      text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
@@ -66,20 +67,26 @@ def _spec(size: str) -> dict[str, Any]:
     return MODEL_SIZES[size]
 
 
-def tiny_llava_config(size: str = "embedded"):
+def tiny_llava_config(size: str = "embedded", text_layers: int | None = None):
     """A ``LlavaConfig`` of the real architecture at ``size`` (one of :data:`MODEL_SIZES`).
+
+    ``text_layers``: the language model's number of layers (None: the size's). ValueError
+    unless None or an int >= 1.
 
     ``image_token_index`` is the tokenizer's ``<image>`` id (``base_vocab``),
     ``pad_token_id`` the next, bos 1, eos 2, ``image_seq_length`` the number
     of image tokens, ``(image_size // patch_size) ** 2``.
     """
     s = _spec(size)
+    if text_layers is not None and (not isinstance(text_layers, int) or isinstance(text_layers, bool) or text_layers < 1):
+        raise ValueError(f"text_layers must be None or an int >= 1; got text_layers={text_layers!r}")
+    text_spec = s["text"] if text_layers is None else {**s["text"], "num_hidden_layers": text_layers}
     base = s["base_vocab"]
     vision = CLIPVisionConfig(image_size=s["image_size"], patch_size=s["patch_size"], hidden_act="quick_gelu",
                               projection_dim=s["vision"]["hidden_size"], **s["vision"])
     text = LlamaConfig(vocab_size=-(-(base + 2) // 64) * 64, hidden_act="silu", rms_norm_eps=1e-5,
                        bos_token_id=1, eos_token_id=2, pad_token_id=base + 1, tie_word_embeddings=False,
-                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **s["text"])
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **text_spec)
     return LlavaConfig(vision_config=vision, text_config=text, image_token_index=base,
                        image_seq_length=num_image_tokens(s["image_size"], s["patch_size"]),
                        projector_hidden_act="gelu", vision_feature_layer=-2,
@@ -93,8 +100,9 @@ def build_processor(size: str = "embedded"):
     return make_llava_processor(tok, build_image_processor(s["image_size"]), s["patch_size"])
 
 
-def build_model(size: str = "embedded", seed: int = 0, **reordering):
-    """A randomly initialised model of ``size``, seeded (fp32, eval mode).
+def build_model(size: str = "embedded", seed: int = 0, text_layers: int | None = None, **reordering):
+    """A randomly initialised model of ``size``, seeded (fp32, eval mode); ``text_layers`` as
+    :func:`tiny_llava_config` takes it.
 
     Plain ``LlavaForConditionalGeneration``; with reordering settings (fields of
     :class:`gpslib.reordering_config.ReorderingLlavaConfig`, e.g. ``reorder="cosine"``), a
@@ -102,7 +110,7 @@ def build_model(size: str = "embedded", seed: int = 0, **reordering):
     those of the plain model of the same seed, and whose assistant separator comes from the
     size's tokenizer.
     """
-    config = tiny_llava_config(size)
+    config = tiny_llava_config(size, text_layers)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

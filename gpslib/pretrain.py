@@ -75,6 +75,7 @@ class PretrainConfig:
     """The training settings of one base model (they key its cache entry)."""
 
     size: str = setting("embedded", "model size, a key of gpslib.model.MODEL_SIZES", tuple(MODEL_SIZES))
+    text_layers: int | None = setting(None, "layers of the language model; none: the size's (gpslib.model.MODEL_SIZES)")
     steps: int = setting(2000, "training steps (one fresh batch of ShapesVQA rows each)")
     batch_size: int = setting(32, "rows per step")
     lr: float = setting(2e-3, "peak learning rate (AdamW)")
@@ -97,6 +98,9 @@ class PretrainConfig:
         """Raise ValueError naming the first bad setting; returns self."""
         if self.size not in MODEL_SIZES:
             raise ValueError(f"unknown model size {self.size!r}; valid sizes are {list(MODEL_SIZES)}")
+        if self.text_layers is not None and (not isinstance(self.text_layers, int) or isinstance(self.text_layers, bool)
+                                             or self.text_layers < 1):
+            raise ValueError(f"text_layers must be None or an int >= 1; got text_layers={self.text_layers!r}")
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -267,11 +271,15 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
     partial = final.with_name(final.name + ".partial")
     processor = build_processor(config.size)
     if config.init is None:
-        model = build_model(config.size, seed=seed, reorder="none")
+        model = build_model(config.size, seed=seed, text_layers=config.text_layers, reorder="none")
     else:
         if profile is None:
             raise ValueError("a continued run (init='image_first') needs the profile its initial model comes from")
         model, _ = load_model(base_model_dir(profile, seed, base="image_first", progress=progress), reorder="none")
+        layers = model.config.text_config.num_hidden_layers
+        if config.text_layers is not None and config.text_layers != layers:
+            raise ValueError(f"text_layers={config.text_layers} but the initial model (the profile's image_first) "
+                             f"has {layers} language-model layers")
     size = MODEL_SIZES[config.size]
     resume = latest_complete_checkpoint(partial / "checkpoints") if save else None
     vision_history = pd.DataFrame(columns=["step", "vision_loss", "seconds"])
@@ -306,7 +314,7 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
     model.train()
     trainer.train(resume_from_checkpoint=resume)
     inner = unwrap_model(trainer.model)
-    plain = LlavaForConditionalGeneration(tiny_llava_config(config.size))
+    plain = LlavaForConditionalGeneration(tiny_llava_config(config.size, inner.config.text_config.num_hidden_layers))
     plain.load_state_dict({k: v for k, v in inner.state_dict().items() if not k.startswith("reorder_gps.")})
     plain.generation_config.pad_token_id = plain.config.text_config.pad_token_id
     plain.eval()

@@ -112,6 +112,30 @@ def test_the_mixed_model_continues_the_image_first_one_on_every_layout(cache, mo
     assert type(model).__name__ == "LlavaForConditionalGeneration"  # saved plain, whatever it trained on
 
 
+def test_a_dataloader_worker_trains_the_same_weights_as_drawing_in_the_training_process(cache):
+    config = TINY | {"vision_steps": 2, "question_mix": "1,2,1,1,3,3,1"}
+    alone, _, hist_alone = pt.pretrain(PretrainConfig(**config), seed=0, progress=False, save=False)
+    beside, _, hist_beside = pt.pretrain(PretrainConfig(**config, dataloader_workers=1), seed=0, progress=False,
+                                         save=False)
+    assert hist_alone["loss"].tolist() == hist_beside["loss"].tolist()
+    assert all(torch.equal(a, b) for a, b in zip(alone.state_dict().values(), beside.state_dict().values()))
+
+
+def test_text_layers_gives_a_deeper_language_model_that_the_mixed_continuation_keeps(cache, monkeypatch):
+    deep = TINY | {"text_layers": 3}
+    monkeypatch.setitem(run_profiles.SETTINGS["pretrain"], "smoke", {
+        "image_first": deep, "mixed": deep | {"steps": 2, "layouts": "mixed", "max_gap": 16, "init": "image_first"},
+        "eval_samples": 4, "eval_batch_size": 4, "eval_max_new_tokens": 4})
+    shallow = pt.build_model("test", seed=0).config.text_config.num_hidden_layers
+    for base in ("image_first", "mixed"):
+        model, _ = load_model(pt.base_model_dir("smoke", base=base, progress=False))
+        assert model.config.text_config.num_hidden_layers == 3 != shallow
+    monkeypatch.setitem(run_profiles.SETTINGS["pretrain"]["smoke"], "mixed",
+                        deep | {"text_layers": 4, "steps": 2, "init": "image_first"})
+    with pytest.raises(ValueError, match="text_layers=4 but the initial model .* has 3"):
+        pt.base_model_dir("smoke", base="mixed", progress=False)
+
+
 def test_layouts_for_steps_cover_every_layout_and_every_scale_of_gap_and_repeat():
     draws = [layout_for_step(s, 0, 1024) for s in range(3000)]
     assert {d["layout"] for d in draws} == set(LAYOUTS)
@@ -157,6 +181,7 @@ def test_cache_entries_differ_by_profile_settings_seed_threads_and_code(monkeypa
     (dict(vision_lr_scale=-1.0), "vision_lr_scale=-1.0"), (dict(layouts="all"), "layouts='all'"),
     (dict(max_gap=-3), "max_gap=-3"), (dict(init="scratch"), "init='scratch'"),
     (dict(vision_steps=-1), "vision_steps=-1"), (dict(question_mix="1,2"), "'1,2'"),
+    (dict(text_layers=0), "text_layers=0"), (dict(text_layers=2.5), "text_layers=2.5"),
 ])
 def test_bad_settings_raise_value_errors_naming_them(kwargs, word):
     with pytest.raises(ValueError, match=word):
