@@ -56,10 +56,11 @@ def load_trials(path: str | Path | None = None) -> pd.DataFrame:
 def baselines(trials: pd.DataFrame, baseline: str = "baseline") -> pd.Series:
     """Per trial, the name of the trial it is compared with.
 
-    The trial named ``baseline`` (or ``<prefix>-baseline``, as the reruns of
-    ``benchmarks/base_model_trials.py`` are named) run by the same script: trials of different
-    scripts name their settings differently and ran different code. Where a script has no
-    baseline, the first one. ValueError if there is none at all.
+    The trial a row names in its optional ``baseline`` column; else the trial named ``baseline``
+    (or ``<prefix>-baseline``, as the reruns of ``benchmarks/base_model_trials.py`` are named)
+    run by the same script: trials of different scripts name their settings differently and ran
+    different code. Where a script has no baseline, the first one. ValueError if there is none
+    at all, or if a row names a trial the record does not hold.
     """
     scripts = trials["script"] if "script" in trials else pd.Series([None] * len(trials), index=trials.index)
     is_base = trials["trial"].astype(str).map(lambda t: t == baseline or t.endswith("-" + baseline))
@@ -69,7 +70,16 @@ def baselines(trials: pd.DataFrame, baseline: str = "baseline") -> pd.Series:
     for name, script in zip(trials["trial"][is_base], scripts[is_base]):
         per_script.setdefault(script, name)
     first = next(iter(per_script.values()))
-    return pd.Series([per_script.get(s, first) for s in scripts], index=trials["trial"], name="baseline")
+    named = trials["baseline"] if "baseline" in trials else pd.Series([None] * len(trials), index=trials.index)
+    out = []
+    for trial, script, own in zip(trials["trial"], scripts, named):
+        if isinstance(own, str) and own:
+            if own not in set(trials["trial"]):
+                raise ValueError(f"trial {trial!r} names the baseline {own!r}, which the record does not hold")
+            out.append(own)
+        else:
+            out.append(per_script.get(script, first))
+    return pd.Series(out, index=trials["trial"], name="baseline")
 
 
 def what_changed(trials: pd.DataFrame, baseline: str = "baseline") -> pd.Series:

@@ -54,6 +54,17 @@ def test_each_script_is_compared_with_its_own_baseline(tmp_path):
     assert trial_findings(both)[1].startswith("rerun-seeing (against rerun-baseline): overall +0.10")
 
 
+def test_a_row_that_names_its_baseline_is_compared_with_that_trial(tmp_path):
+    trials = load_trials(_record(tmp_path)).assign(script="old", baseline=None)
+    scratch = trials.assign(script="scratch", trial=["deeper", "deeper-seed1"], baseline=["seeing", "deeper"],
+                            settings=[json.dumps({"steps": 2000, "vision_steps": 1000, "text_layers": 3})] * 2)
+    both = pd.concat([trials, scratch], ignore_index=True)
+    assert baselines(both).tolist() == ["baseline", "baseline", "seeing", "deeper"]
+    assert what_changed(both)["deeper"] == "text_layers: None -> 3"
+    with pytest.raises(ValueError, match="'nowhere'"):
+        baselines(both.assign(baseline=[None, None, "nowhere", None]))
+
+
 def test_bad_inputs_get_errors_naming_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.csv"):
         load_trials(tmp_path / "nowhere.csv")

@@ -186,8 +186,10 @@ is `rerun-baseline`). An accuracy equal to the share of one answer among a yes/n
 means the model gives that answer to every question of the type. Trials changed one setting at a time and scored each model on the same 600 test
 questions: the vision tower's learning-rate split (`vision_lr_scale`), patch-label pre-training
 of the vision tower (`vision_steps`), the question-type mix (`question_mix`, weights in the order
-colour, shape, count, position, existence, relation, describe), a deeper language model, a wider
-vision tower, other answer formats. The record (`records/base_model_trials.csv`, read by
+colour, shape, count, position, existence, relation, describe), a deeper language model
+(`text_layers`), weight decay, more attention heads, position labels for the vision tower, a wider
+vision tower, other answer formats (answers that restate the object before yes or no). Rows that
+name a `baseline` are compared with that trial. The record (`records/base_model_trials.csv`, read by
 `gpslib.base_model_trials`) says for each trial the commit and script that ran it; the trials
 ran before the recipe entered `gpslib.pretrain`, `benchmarks/base_model_trials.py` reruns the
 ones `PretrainConfig` can express. Each trial is one run of one seed (`rerun-recipe-seed1` repeats
@@ -203,7 +205,8 @@ ours = tables["image_first"]["accuracy"]
 mine = f"this notebook ({profile})"
 record.loc[mine, [*SHORT_ANSWER_TYPES, "all"]] = [ours.get(t) for t in [*SHORT_ANSWER_TYPES, "all"]]
 record.loc[mine, "what_changed"] = (
-    "the profile's settings: " + ", ".join(f"{k} {infos['image_first'].get(k)}" for k in ("vision_steps", "question_mix", "steps"))
+    "the profile's settings: " + ", ".join(f"{k} {infos['image_first'].get(k)}" for k in ("vision_steps", "question_mix", "text_layers",
+                                                                            "weight_decay", "steps"))
     if infos["image_first"] else "the hub model")
 # the smoke model's few seconds differ run to run, and nbval compares this table: left out there
 record.loc[mine, "wall_seconds"] = (infos["image_first"] or {}).get("total_seconds") if profile != "smoke" else None
