@@ -40,12 +40,13 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                             "question_mix": "1,2,1,1,2,2,1", "layouts": "mixed", "max_gap": 1024,
                             "init": "image_first"},
                   "eval_samples": 48, "eval_batch_size": 48, "eval_max_new_tokens": 20},
-        # vision_steps and question_mix: the trials of notebook 00 (shape from chance to 0.90)
+        # vision_steps and question_mix: the trials of notebook 00 (shape from chance to 0.90).
+        # dataloader_workers 1: the second core draws the images (the same weights, tests/test_pretrain.py)
         "cpu": {"image_first": {"size": "embedded", "steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
-                                "vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1"},
+                                "vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1", "dataloader_workers": 1},
                 "mixed": {"size": "embedded", "steps": 600, "batch_size": 32, "lr": 1e-3, "warmup": 30,
                           "question_mix": "1,2,1,1,2,2,1", "layouts": "mixed", "max_gap": 1024,
-                          "init": "image_first"},
+                          "init": "image_first", "dataloader_workers": 1},
                 "eval_samples": 600, "eval_batch_size": 100, "eval_max_new_tokens": 20},
         "paper": {"model": "bczhou/tiny-llava-v1-hf",
                   "eval_samples": 600, "eval_batch_size": 16, "eval_max_new_tokens": 32},
