@@ -63,6 +63,8 @@ md("""
 Our cells: mean ± 95% Student-t half-width over seeds. The paper's columns are one run each
 of TinyLLaVA on real instructions; ours are the embedded model on ShapesVQA (cpu profile), so
 only directions compare, not levels. Accuracy and corpus BLEU (sacrebleu) are ours only.
+`val_loss` here is the answer tokens' mean loss over all held-out prompts pooled (token-weighted,
+as the trainer's evaluation computes it), so the long `describe` answers weigh most.
 """)
 code("""
 metrics = ["val_loss", "bertscore_f1", "meteor", "cider", "rouge_l", "bleu", "sacrebleu", "accuracy"]
@@ -89,6 +91,10 @@ md("""
 Each strategy minus `none` in the same arm, seed by seed and prompt by prompt. A difference
 counts only when its interval excludes zero. The paper's column is its Table 3 difference
 (cosine − original, one run); `sign agrees` compares it with ours for the paper's protocol.
+Pairing needs one number per prompt, so `val_loss` here is the mean over prompts of each
+prompt's mean answer-token loss (every prompt weighs the same): not Table 3's token-weighted
+value above, and the two differences can differ a lot where a strategy costs most on the long
+`describe` answers.
 """)
 code("""
 diffs = differences(results, metrics)
@@ -129,7 +135,10 @@ A GPS run counts as diverged when its validation loss exceeds 1.5 times that of 
 with the same seed and settings. `gps` is GPS with identity scale alpha 20 (the fine-tuning
 profiles' setting); `gps_alpha0.5` is GPS with the authors' alpha 0.5. Everything else is the
 same. The sentences under the table count the diverged seeds of each; the per-step trace below
-shows what P did.
+shows what P did. "Diverged" is a verdict on the loss, not on P: GPS orders the prompt's
+`[image; text]` tokens into their slots, so `P = I` is not the original prompt (the image moves
+before `USER:`), and a run whose P stays the identity pays for that order as the oracle pays
+for its own. The table of inference permutations below says which it is.
 """)
 code("""
 gps = gps_seed_table(results)
