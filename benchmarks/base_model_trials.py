@@ -12,6 +12,8 @@ Recorded as rerun-<name> (rerun-baseline is their baseline in notebook 00's tabl
     mix3_2500           recipe with question_mix 1,2,1,1,3,3,1, 2500 steps
     deeper              recipe with question_mix 1,2,1,1,3,3,1, text_layers 3, weight_decay 0.1
                         (the best single trial overall, 0.70 with seed 0; 0.61 with seed 1)
+    long                recipe with 4000 steps, twice the budget (existence and relation stay
+                        constant on seeds 0 and 1: not a plateau that more steps end)
 
 About 8-13 minutes a trial on one CPU thread. ``--smoke`` runs the smoke profile's test-size
 model (seconds) into a scratch record, to check the script.
@@ -37,6 +39,7 @@ TRIALS = {
     "recipe": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1"},
     "mix3_2500": {"vision_steps": 1000, "question_mix": "1,2,1,1,3,3,1", "steps": 2500},
     "deeper": {"vision_steps": 1000, "question_mix": "1,2,1,1,3,3,1", "text_layers": 3, "weight_decay": 0.1},
+    "long": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1", "steps": 4000},
 }
 
 

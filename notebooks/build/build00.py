@@ -190,7 +190,7 @@ colour, shape, count, position, existence, relation, describe), a deeper languag
 (`text_layers`), weight decay, more attention heads, position labels for the vision tower, a wider
 vision tower, other answer formats (answers that restate the object before yes or no), a tokenizer
 that splits punctuation off the words (the trained one has up to seven forms of an object word:
-`circle`, `circle?`, `circle.`, `circle,`, ...). Rows that
+`circle`, `circle?`, `circle.`, `circle,`, ...), twice the training steps. Rows that
 name a `baseline` are compared with that trial. The record (`records/base_model_trials.csv`, read by
 `gpslib.base_model_trials`) says for each trial the commit and script that ran it; the trials
 ran before the recipe entered `gpslib.pretrain`, `benchmarks/base_model_trials.py` reruns the
