@@ -115,7 +115,7 @@ long = pd.DataFrame([{"arm": a, "strategy": s, "seed": k, "metric": m, "value": 
                      for (a, s, k), r in results.items() for m in metrics])
 shown = ["val_loss", "accuracy", "bleu", "meteor", "rouge_l", "cider", "bertscore_f1"]
 grid = sns.catplot(data=long[long.metric.isin(shown)], x="strategy", y="value", col="metric", row="arm",
-                   kind="point", errorbar=("ci", 95), order=STRATEGY_ORDER, col_order=shown,
+                   kind="point", errorbar=("ci", 95), seed=0, order=STRATEGY_ORDER, col_order=shown,
                    row_order=arms, sharey="col", height=2.2, aspect=1.0, linestyle="none", capsize=0.2)
 grid.map_dataframe(sns.stripplot, x="strategy", y="value", order=STRATEGY_ORDER,
                    color="k", size=2.5, alpha=0.6)
@@ -191,7 +191,7 @@ if len(traces):
     panels = ["diagonal", "mixing", "score_diag", "moved_infer", "loss"]
     long_trace = traces.melt(id_vars=["strategy", "seed", "step", "hard"], value_vars=panels, var_name="quantity")
     grid = sns.relplot(data=long_trace, x="step", y="value", hue="strategy", col="quantity", kind="line",
-                       errorbar=("ci", 95), col_wrap=5, height=2.4, aspect=1.0, facet_kws={"sharey": False})
+                       errorbar=("ci", 95), seed=0, col_wrap=5, height=2.4, aspect=1.0, facet_kws={"sharey": False})
     first_hard = traces.loc[traces["hard"], "step"].min()
     for ax in grid.axes.flat:
         ax.axvline(first_hard, color="grey", linestyle=":", linewidth=1)
