@@ -15,7 +15,7 @@ Recorded as rerun-<name> (rerun-baseline is their baseline in notebook 00's tabl
     long                recipe with 4000 steps, twice the budget (existence and relation stay
                         constant on seeds 0 and 1: not a plateau that more steps end)
 
-About 8-13 minutes a trial on one CPU thread. ``--smoke`` runs the smoke profile's test-size
+About 8-13 minutes a trial on one CPU thread (long: 16 minutes, two trials sharing the 2 cores). ``--smoke`` runs the smoke profile's test-size
 model (seconds) into a scratch record, to check the script.
 
     python benchmarks/base_model_trials.py [--trials baseline,recipe] [--record PATH] [--smoke]

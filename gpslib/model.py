@@ -33,6 +33,7 @@ from gpslib.reordering_config import ReorderingLlavaConfig, reordering_config
 
 __all__ = [
     "MODEL_SIZES",
+    "check_text_layers",
     "tiny_llava_config",
     "build_processor",
     "build_model",
@@ -67,6 +68,13 @@ def _spec(size: str) -> dict[str, Any]:
     return MODEL_SIZES[size]
 
 
+def check_text_layers(text_layers: Any) -> int | None:
+    """``text_layers`` if it is None (the size's depth) or an int >= 1, else ValueError naming it."""
+    if text_layers is not None and (not isinstance(text_layers, int) or isinstance(text_layers, bool) or text_layers < 1):
+        raise ValueError(f"text_layers must be None or an int >= 1; got text_layers={text_layers!r}")
+    return text_layers
+
+
 def tiny_llava_config(size: str = "embedded", text_layers: int | None = None):
     """A ``LlavaConfig`` of the real architecture at ``size`` (one of :data:`MODEL_SIZES`).
 
@@ -78,8 +86,7 @@ def tiny_llava_config(size: str = "embedded", text_layers: int | None = None):
     of image tokens, ``(image_size // patch_size) ** 2``.
     """
     s = _spec(size)
-    if text_layers is not None and (not isinstance(text_layers, int) or isinstance(text_layers, bool) or text_layers < 1):
-        raise ValueError(f"text_layers must be None or an int >= 1; got text_layers={text_layers!r}")
+    check_text_layers(text_layers)
     text_spec = s["text"] if text_layers is None else {**s["text"], "num_hidden_layers": text_layers}
     base = s["base_vocab"]
     vision = CLIPVisionConfig(image_size=s["image_size"], patch_size=s["patch_size"], hidden_act="quick_gelu",

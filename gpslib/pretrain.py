@@ -56,7 +56,7 @@ from gpslib.checkpoints import ResumableTrainer, latest_complete_checkpoint
 from gpslib.cli import flags_to_config, parse, preparse, setting, settings_flags
 from gpslib.data import VQACollator
 from gpslib.generation import unwrap_model
-from gpslib.model import MODEL_SIZES, build_model, build_processor, load_model, tiny_llava_config
+from gpslib.model import MODEL_SIZES, build_model, build_processor, check_text_layers, load_model, tiny_llava_config
 from gpslib.provenance import code_fingerprint, settings_hash
 from gpslib.reordering_config import LAYOUTS
 from gpslib.run_profiles import PROFILES, check_profile, profile_settings
@@ -98,9 +98,7 @@ class PretrainConfig:
         """Raise ValueError naming the first bad setting; returns self."""
         if self.size not in MODEL_SIZES:
             raise ValueError(f"unknown model size {self.size!r}; valid sizes are {list(MODEL_SIZES)}")
-        if self.text_layers is not None and (not isinstance(self.text_layers, int) or isinstance(self.text_layers, bool)
-                                             or self.text_layers < 1):
-            raise ValueError(f"text_layers must be None or an int >= 1; got text_layers={self.text_layers!r}")
+        check_text_layers(self.text_layers)
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
