@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -26,9 +27,9 @@ from gpslib.finetune import FinetuneConfig, load_data, load_finetuned
 from gpslib.generation import predict
 from gpslib.intervals import mean_ci
 from gpslib.metrics import answer_log_likelihood, compute_metrics
-from gpslib.shapes_vqa import CHANCE, SHORT_ANSWER_TYPES
+from gpslib.shapes_vqa import CHANCE, COLOURS, SHAPES, SHORT_ANSWER_TYPES, answer_values
 
-__all__ = ["accuracy_table", "accuracy_goal", "image_reliance", "evaluate_run", "summarise_runs"]
+__all__ = ["accuracy_table", "accuracy_by_form", "constant_answers", "accuracy_goal", "image_reliance", "evaluate_run", "summarise_runs"]
 
 
 def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -50,6 +51,76 @@ def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["n", "accuracy", "chance"])
     table.index.name = "question_type"
     return table
+
+
+_NAMES = {*COLOURS, *SHAPES, *(s + "s" for s in SHAPES), "crosses"}
+
+
+def question_form(question_type: str, question: str, short_answer: str) -> str:
+    """The form of a short-answer question that :func:`accuracy_by_form` groups by.
+
+    ``count``: ``"all objects"`` (the question names no colour or shape), ``"named, answer
+    zero"`` or ``"named, answer one or more"``; ``existence`` and ``relation``: ``"answer yes"``
+    or ``"answer no"``; other types: ``"all"``.
+    """
+    if question_type == "count":
+        named = any(w in _NAMES for w in re.findall(r"[a-z]+", question.lower()))
+        if not named:
+            return "all objects"
+        return "named, answer zero" if short_answer == "zero" else "named, answer one or more"
+    if question_type in ("existence", "relation"):
+        return f"answer {short_answer}"
+    return "all"
+
+
+def accuracy_by_form(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Answer accuracy per question type and form (:func:`question_form`), with the answer given most often.
+
+    Columns: ``n``, ``accuracy``, ``most_given`` (the value the generated answers name most
+    often, ``gpslib.shapes_vqa.answer_values``; ``"(none)"`` where they name none or several)
+    and ``most_given_share``. A form whose questions all get one answer, right for some forms
+    and wrong for others, is a model that gives that answer whatever the image shows.
+    """
+    scored = predictions[predictions["question_type"].isin(list(CHANCE))]
+    rows = []
+    for qtype in SHORT_ANSWER_TYPES:
+        part = scored[scored["question_type"] == qtype]
+        if not len(part):
+            continue
+        forms = [question_form(qtype, q, a) for q, a in zip(part["question"], part["short_answer"])]
+        given = [next(iter(v)) if len(v := answer_values(g, qtype)) == 1 else "(none)" for g in part["generated"]]
+        frame = pd.DataFrame({"form": forms, "correct": part["correct"].astype(float).to_numpy(), "given": given})
+        for form, group in frame.groupby("form", sort=True):
+            counts = group["given"].value_counts()
+            rows.append({"question_type": qtype, "form": form, "n": len(group), "accuracy": float(group["correct"].mean()),
+                         "most_given": counts.index[0], "most_given_share": float(counts.iloc[0] / len(group))})
+    return pd.DataFrame(rows, columns=["question_type", "form", "n", "accuracy", "most_given",
+                                       "most_given_share"]).set_index(["question_type", "form"])
+
+
+def constant_answers(forms: pd.DataFrame, share: float = 0.95) -> list[str]:
+    """Sentences naming each question type whose forms all get one answer, from an :func:`accuracy_by_form` table.
+
+    A type is named when the same value is given to at least ``share`` of the questions of each
+    of its forms, and it has a form where that value is wrong: the model then gives that answer
+    whatever the image shows. Answers that name no value (``"(none)"``) are no such answer.
+    One sentence per type, with the form's accuracies; or a sentence saying no type does.
+    """
+    sentences = []
+    for qtype, part in forms.groupby(level="question_type", sort=False):
+        part = part.droplevel("question_type")
+        if part.index.tolist() == ["all objects"] or len(part) < 2:
+            continue
+        named = part.drop(index="all objects", errors="ignore")  # count: the named forms only
+        values = set(named["most_given"])
+        if (len(values) == 1 and values != {"(none)"} and (named["most_given_share"] >= share).all()
+                and (named["accuracy"] < 0.5).any()):
+            (value,) = values
+            low = named["most_given_share"].min()
+            how_many = "every question" if low == 1 else f"at least {low:.0%} of the questions"
+            detail = ", ".join(f"{form} {row['accuracy']:.2f} (n={row['n']})" for form, row in named.iterrows())
+            sentences.append(f"{qtype}: the answer '{value}' to {how_many} of each form; accuracy {detail}.")
+    return sentences or [f"No question type gets one answer to {share:.0%} or more of the questions of every form."]
 
 
 def accuracy_goal(table: pd.DataFrame, overall: float = 0.70, margin: float = 0.15) -> tuple[bool, str]:

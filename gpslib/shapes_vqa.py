@@ -68,6 +68,7 @@ __all__ = [
     "scene_split",
     "object_patches",
     "answer_correct",
+    "answer_values",
     "CHANCE",
     "question_type_weights",
 ]
@@ -523,12 +524,22 @@ def answer_correct(generated: str, short_answer: str, question_type: str) -> boo
     (``existence``, ``relation``). Words are matched whole and case-blind.
     Raises ValueError for ``describe`` (no short answer) or an unknown type.
     """
+    found = answer_values(generated, question_type)
+    target = _FORMS[question_type].get(short_answer.lower().strip())
+    if target is None:
+        raise ValueError(f"short answer {short_answer!r} is not a {question_type} value")
+    return found == {target}
+
+
+def answer_values(generated: str, question_type: str) -> set[str]:
+    """The values of ``question_type``'s kind that ``generated`` names, as short answers.
+
+    ``"There are 2 circles."`` names ``{"two"}`` as a count and ``{"circle"}`` as a shape; an
+    answer is correct when this set is exactly its short answer (:func:`answer_correct`).
+    Raises ValueError for ``describe`` (no short answer) or an unknown type.
+    """
     if question_type not in _FORMS:
         raise ValueError(f"question type {question_type!r} has no short answer; "
                          f"valid types are {list(SHORT_ANSWER_TYPES)}")
     forms = _FORMS[question_type]
-    target = forms.get(short_answer.lower().strip())
-    if target is None:
-        raise ValueError(f"short answer {short_answer!r} is not a {question_type} value")
-    found = {forms[w] for w in re.findall(r"[a-z]+|\d+", generated.lower()) if w in forms}
-    return found == {target}
+    return {forms[w] for w in re.findall(r"[a-z]+|\d+", generated.lower()) if w in forms}

@@ -26,6 +26,40 @@ def test_accuracy_table_scores_answers_against_chance():
     assert set(CHANCE) == set(SHORT_ANSWER_TYPES)
 
 
+def test_accuracy_by_form_separates_count_forms_and_finds_a_constant_answer():
+    preds = pd.DataFrame({
+        "question_type": ["count", "count", "count", "count", "existence", "existence", "colour", "describe"],
+        "question": ["How many shapes are there?", "How many red shapes are there?", "How many circles can you see?",
+                     "Count the blue objects.", "Is there a red circle in the image?", "Can you see a blue cross?",
+                     "What colour is the circle?", "Describe the image."],
+        "short_answer": ["two", "zero", "one", "zero", "yes", "no", "red", ""],
+        "generated": ["There are two shapes.", "There are zero red shapes.", "There are zero circles.",
+                      "I can count 0 blue shapes.", "No, I cannot see a red circle.", "No, I cannot see a blue cross.",
+                      "It is red or blue.", "A picture."],
+        "correct": [True, True, False, True, False, True, False, None]})
+    table = ev.accuracy_by_form(preds)
+    assert list(table.index) == [("colour", "all"), ("count", "all objects"), ("count", "named, answer one or more"),
+                                 ("count", "named, answer zero"), ("existence", "answer no"), ("existence", "answer yes")]
+    assert table.loc[("count", "named, answer zero"), "n"] == 2
+    assert table.loc[("count", "named, answer zero"), "most_given"] == "zero"  # "0" and "zero" are one value
+    assert table.loc[("count", "named, answer one or more"), "accuracy"] == 0.0
+    assert table.loc[("existence", "answer yes"), "most_given"] == "no"
+    assert table.loc[("colour", "all"), "most_given"] == "(none)"  # two colours named: no single answer
+    assert table["most_given_share"].eq(1.0).all()
+    sentences = ev.constant_answers(table)
+    assert sentences == [
+        "count: the answer 'zero' to every question of each form; accuracy named, answer one or more 0.00 (n=1), "
+        "named, answer zero 1.00 (n=2).",
+        "existence: the answer 'no' to every question of each form; accuracy answer no 1.00 (n=1), answer yes 0.00 (n=1)."]
+    silent = table.copy()
+    silent["most_given"] = "(none)"
+    assert ev.constant_answers(silent)[0].startswith("No question type")  # naming nothing is not one answer
+    varied = table.copy()
+    varied.loc[("existence", "answer yes"), ["most_given", "accuracy"]] = ["yes", 1.0]
+    varied.loc[("count", "named, answer one or more"), "most_given_share"] = 0.5
+    assert ev.constant_answers(varied) == ["No question type gets one answer to 95% or more of the questions of every form."]
+
+
 class _Parrot(torch.nn.Module):
     """A stand-in model whose ``generate`` answers each prompt with ``answers[question]``, then </s>."""
 

@@ -15,6 +15,7 @@ from gpslib.shapes_vqa import (
     QUESTION_TYPES,
     LazyShapesVQA,
     answer_correct,
+    answer_values,
     draw_scene,
     make_sample,
     object_patches,
@@ -233,6 +234,7 @@ def test_reference_answers_score_correct_and_swapped_values_do_not(rows_64px):
     assert answer_correct("There are 2 circles.", "two", "count")
     assert answer_correct("I see two crosses.", "cross", "shape") is True
     assert not answer_correct("Yes and no.", "yes", "existence")
+    assert answer_values("There are 2 circles.", "count") == {"two"} and answer_values("Yes and no.", "relation") == {"yes", "no"}
 
 
 def test_scorer_and_builder_reject_bad_values():
