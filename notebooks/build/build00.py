@@ -40,7 +40,7 @@ import pandas as pd
 import seaborn as sns
 
 from gpslib.base_model_trials import load_trials, trial_findings, what_changed
-from gpslib.evaluation import accuracy_goal, accuracy_table, image_reliance
+from gpslib.evaluation import accuracy_by_form, accuracy_goal, accuracy_table, constant_answers, image_reliance
 from gpslib.figures import save_table, savefig
 from gpslib.generation import predict
 from gpslib.intervals import paired_bootstrap_difference
@@ -179,6 +179,30 @@ ax.legend(fontsize=8)
 print(savefig(fig, "fig_pretrain_accuracy", profile))
 """)
 md("""
+## Which questions get one answer whatever the image shows
+
+A type's accuracy can hide a constant answer. `accuracy_by_form` splits the count questions into
+those about all objects and those that name a colour or a shape (whose answer is zero, or one or
+more), and the yes/no questions by their right answer, and gives for each form the answer the
+model names most often (`gpslib.shapes_vqa.answer_values`) and its share. A value given to nearly
+every question of every form, right for one form and wrong for another, is an answer the model
+gives whatever the image shows. The sentences below are generated from the table
+(`constant_answers`).
+
+How to read it: a model that answers shape questions (they name a colour; the answer is the
+shape of the object of that colour) but gives one answer to every existence question, and
+"zero" to every count of a named colour or shape, can *retrieve* (read the attribute of the
+object a word names) but not *detect* (say whether anything in the image matches the words).
+Relation needs the rows of two named objects compared, another step after retrieval.
+""")
+code("""
+forms = accuracy_by_form(preds["image_first"])
+print(save_table(forms, "table_pretrain_forms", profile))
+for sentence in constant_answers(forms):
+    print(sentence)
+forms.round(3)
+""")
+md("""
 ## How the base model learnt to see (issue 11, item 1)
 
 The record's first row, `baseline`, is the recipe before issue 11 (its rerun at a later commit
@@ -190,7 +214,13 @@ colour, shape, count, position, existence, relation, describe), a deeper languag
 (`text_layers`), weight decay, more attention heads, position labels for the vision tower, a wider
 vision tower, other answer formats (answers that restate the object before yes or no), a tokenizer
 that splits punctuation off the words (the trained one has up to seven forms of an object word:
-`circle`, `circle?`, `circle.`, `circle,`, ...), twice the training steps. Rows that
+`circle`, `circle?`, `circle.`, `circle,`, ...), twice the training steps, and, after the
+by-form table above showed that the model retrieves but does not detect: existence questions that
+name one attribute ("Is there a red object?": alone, as a share of the existence questions, or as
+a first phase before the rest), a larger loss weight on the first answer token, answers that
+retrieve in words before yes or no ("The red object is a square, so no."), and short runs on
+existence questions alone that test a wider, deeper or many-headed language model and other
+learning rates on the task by itself. Rows that
 name a `baseline` are compared with that trial. The record (`records/base_model_trials.csv`, read by
 `gpslib.base_model_trials`) says for each trial the commit and script that ran it; the trials
 ran before the recipe entered `gpslib.pretrain`, `benchmarks/base_model_trials.py` reruns the
