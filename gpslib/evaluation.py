@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -27,7 +26,7 @@ from gpslib.finetune import FinetuneConfig, load_data, load_finetuned
 from gpslib.generation import predict
 from gpslib.intervals import mean_ci
 from gpslib.metrics import answer_log_likelihood, compute_metrics
-from gpslib.shapes_vqa import CHANCE, COLOURS, SHAPES, SHORT_ANSWER_TYPES, answer_values
+from gpslib.shapes_vqa import CHANCE, SHORT_ANSWER_TYPES, answer_values
 
 __all__ = ["accuracy_table", "accuracy_by_form", "constant_answers", "accuracy_goal", "image_reliance", "evaluate_run", "summarise_runs"]
 
@@ -53,9 +52,6 @@ def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-_NAMES = {*COLOURS, *SHAPES, *(s + "s" for s in SHAPES), "crosses"}
-
-
 def question_form(question_type: str, question: str, short_answer: str) -> str:
     """The form of a short-answer question that :func:`accuracy_by_form` groups by.
 
@@ -64,8 +60,7 @@ def question_form(question_type: str, question: str, short_answer: str) -> str:
     or ``"answer no"``; other types: ``"all"``.
     """
     if question_type == "count":
-        named = any(w in _NAMES for w in re.findall(r"[a-z]+", question.lower()))
-        if not named:
+        if not (answer_values(question, "colour") or answer_values(question, "shape")):  # names no colour or shape
             return "all objects"
         return "named, answer zero" if short_answer == "zero" else "named, answer one or more"
     if question_type in ("existence", "relation"):
@@ -81,10 +76,9 @@ def accuracy_by_form(predictions: pd.DataFrame) -> pd.DataFrame:
     and ``most_given_share``. A form whose questions all get one answer, right for some forms
     and wrong for others, is a model that gives that answer whatever the image shows.
     """
-    scored = predictions[predictions["question_type"].isin(list(CHANCE))]
     rows = []
     for qtype in SHORT_ANSWER_TYPES:
-        part = scored[scored["question_type"] == qtype]
+        part = predictions[predictions["question_type"] == qtype]
         if not len(part):
             continue
         forms = [question_form(qtype, q, a) for q, a in zip(part["question"], part["short_answer"])]
@@ -109,7 +103,7 @@ def constant_answers(forms: pd.DataFrame, share: float = 0.95) -> list[str]:
     sentences = []
     for qtype, part in forms.groupby(level="question_type", sort=False):
         part = part.droplevel("question_type")
-        if part.index.tolist() == ["all objects"] or len(part) < 2:
+        if len(part) < 2:
             continue
         named = part.drop(index="all objects", errors="ignore")  # count: the named forms only
         values = set(named["most_given"])
