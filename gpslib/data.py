@@ -292,6 +292,10 @@ class VQACollator:
       the object the patch shows, or -1 (ShapesVQA's ``objects`` and
       ``mentions``; where objects overlap, the first object wins). This is
       what the ``"oracle"`` reordering consumes.
+    * ``mentioned_patches`` (B, M) bool, with ``mentioned=True`` only: True on the
+      patches of the objects the question names (the objects of its ``mentions``; where
+      objects overlap, the first object wins), what
+      :func:`gpslib.answer_grounding.answer_grounding_loss` reads.
 
     ``max_length`` (None or a positive int) truncates training texts on the
     right. A prompt that would lose image tokens raises ValueError. A row that
@@ -301,14 +305,15 @@ class VQACollator:
     lose ``ASSISTANT:``): one longer than ``max_length`` raises ValueError.
     """
 
-    def __init__(self, processor, mode: str = "train", max_length: int | None = None, grounding: bool = False):
+    def __init__(self, processor, mode: str = "train", max_length: int | None = None, grounding: bool = False,
+                 mentioned: bool = False):
         if mode not in ("train", "generate"):
             raise ValueError(f"unknown collator mode {mode!r}; valid modes are ['train', 'generate']")
         if max_length is not None and (isinstance(max_length, bool)
                                        or not isinstance(max_length, (int, np.integer)) or max_length < 1):
             raise ValueError(f"max_length must be None (no truncation) or a positive int, got {max_length!r}")
         self.processor, self.mode, self.max_length = processor, mode, max_length
-        self.grounding = grounding
+        self.grounding, self.mentioned = grounding, mentioned
         self.tokenizer = processor.tokenizer
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
         crop = processor.image_processor.crop_size
@@ -362,7 +367,7 @@ class VQACollator:
                                  f"Raise max_length")
             warnings.warn(f"{what}: they add nothing to the loss", stacklevel=2)
         encoded = [(ids, labels) for ids, labels, _ in encoded]
-        assignments = [self._assignment(r) for r in rows] if self.grounding else None
+        maps = [self.grounding_maps(r) for r in rows] if self.grounding or self.mentioned else None
         images = []
         for r in rows:
             if len(r["images"]) != 1:
@@ -382,13 +387,13 @@ class VQACollator:
         out = {"input_ids": input_ids, "attention_mask": attention, "pixel_values": pixel_values}
         if self.mode == "train":
             out["labels"] = labels
-        if assignments is not None:
-            out["reorder_assignment"] = torch.tensor(assignments, dtype=torch.long)
+        if self.grounding:
+            out["reorder_assignment"] = torch.tensor([g["assignment"] for g in maps], dtype=torch.long)
+        if self.mentioned:
+            named = [{m["object_index"] for m in r["mentions"]} for r in rows]
+            out["mentioned_patches"] = torch.tensor([[o in objs for o in g["image_object"]]
+                                                     for g, objs in zip(maps, named)], dtype=torch.bool)
         return out
-
-    def _assignment(self, row: dict[str, Any]) -> list[int]:
-        """Text-token index per image token for the row's grounding (see the class docstring)."""
-        return self.grounding_maps(row)["assignment"]
 
     def grounding_tensors(self, rows: list[dict[str, Any]], n_text: int):
         """:meth:`grounding_maps` of ``rows`` as tensors: image_object (B, M), text_object (B, n_text)

@@ -28,7 +28,7 @@ from gpslib.intervals import mean_ci
 from gpslib.metrics import answer_log_likelihood, compute_metrics
 from gpslib.shapes_vqa import CHANCE, SHORT_ANSWER_TYPES, answer_values
 
-__all__ = ["accuracy_table", "accuracy_by_form", "constant_answers", "accuracy_goal", "image_reliance", "evaluate_run", "summarise_runs"]
+__all__ = ["accuracy_table", "accuracy_by_form", "constant_answers", "GOAL_OVERALL", "GOAL_MARGIN", "goal_accuracies", "accuracy_goal", "image_reliance", "evaluate_run", "summarise_runs"]
 
 
 def accuracy_table(predictions: pd.DataFrame) -> pd.DataFrame:
@@ -117,7 +117,18 @@ def constant_answers(forms: pd.DataFrame, share: float = 0.95) -> list[str]:
     return sentences or [f"No question type gets one answer to {share:.0%} or more of the questions of every form."]
 
 
-def accuracy_goal(table: pd.DataFrame, overall: float = 0.70, margin: float = 0.15) -> tuple[bool, str]:
+GOAL_OVERALL, GOAL_MARGIN = 0.70, 0.15  # issue 11: a base model that sees
+
+
+def goal_accuracies(table: pd.DataFrame, overall: float = GOAL_OVERALL, margin: float = GOAL_MARGIN) -> pd.Series:
+    """Issue 11's goal per row of an :func:`accuracy_table`: chance + ``margin`` per type, ``overall`` for ``all``."""
+    goal = (table["chance"] + margin).rename("goal")
+    if "all" in goal.index:
+        goal["all"] = overall
+    return goal
+
+
+def accuracy_goal(table: pd.DataFrame, overall: float = GOAL_OVERALL, margin: float = GOAL_MARGIN) -> tuple[bool, str]:
     """Whether an :func:`accuracy_table` meets issue 11's goal for a base model that sees, and a sentence saying so.
 
     The goal: accuracy at least ``overall`` on all short-answer questions, and every question

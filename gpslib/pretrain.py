@@ -8,8 +8,11 @@ linear warmup and a cosine decay to 10% of ``lr``; gradient-norm clipping; the v
 and projector learn at ``vision_lr_scale * lr``. The loss is the language-modelling loss on
 the answer tokens (:class:`gpslib.data.VQACollator`). Before that, ``vision_steps`` steps of
 patch labels teach the vision tower to see (:func:`pretrain_vision_tower`: TinyLLaVA's tower
-comes pretrained, ours would not), and ``question_mix`` asks the hard question types (shape,
-existence, relation) more often than a uniform draw would.
+comes pretrained, ours would not), ``question_mix`` asks the hard question types (shape,
+existence, relation) more often than a uniform draw would, and ``grounding_loss`` adds
+:mod:`gpslib.answer_grounding`'s loss (one attention head is told where the objects the
+question names are: without it the model never learns to detect, and answers every existence
+and relation question with one word).
 
 Two base models per profile (:data:`BASE_MODELS`, settings in ``gpslib.run_profiles``):
 
@@ -51,6 +54,7 @@ import torch
 from transformers import (HfArgumentParser, LlavaForConditionalGeneration, PrinterCallback, TrainerCallback,
                           TrainingArguments)
 
+from gpslib.answer_grounding import GroundingTrainer
 from gpslib.atomic_files import replace_directory
 from gpslib.checkpoints import ResumableTrainer, latest_complete_checkpoint
 from gpslib.cli import flags_to_config, parse, preparse, setting, settings_flags
@@ -93,6 +97,10 @@ class PretrainConfig:
     init: str | None = setting(None, "none: from scratch; image_first: continue the image-first model of the "
                                       "profile", (None, "image_first"))
     dataloader_workers: int = setting(0, "processes drawing the images beside the training process")
+    grounding_loss: float = setting(0.0, "weight of the answer grounding loss (gpslib.answer_grounding): while the "
+                                         "model writes its answer, one head of the last layer is trained to attend to "
+                                         "the patches of the objects the question names; 0: none (image_first only)")
+    grounding_head: int = setting(0, "the head of the last language-model layer that the grounding loss trains")
 
     def validate(self) -> "PretrainConfig":
         """Raise ValueError naming the first bad setting; returns self."""
@@ -123,6 +131,15 @@ class PretrainConfig:
             raise ValueError(f"init must be None or 'image_first'; got init={self.init!r}")
         if not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0:
             raise ValueError(f"dataloader_workers must be an int >= 0; got {self.dataloader_workers!r}")
+        if (not isinstance(self.grounding_loss, (int, float)) or isinstance(self.grounding_loss, bool)
+                or not self.grounding_loss >= 0):
+            raise ValueError(f"grounding_loss must be a number >= 0; got grounding_loss={self.grounding_loss!r}")
+        if not isinstance(self.grounding_head, int) or isinstance(self.grounding_head, bool) or self.grounding_head < 0:
+            raise ValueError(f"grounding_head must be an int >= 0; got grounding_head={self.grounding_head!r}")
+        if self.grounding_loss and self.layouts != "image_first":
+            raise ValueError(f"grounding_loss={self.grounding_loss!r} needs layouts='image_first' (its patch masks follow "
+                             f"the image tokens' places in input_ids, which other layouts move); got "
+                             f"layouts={self.layouts!r}")
         return self
 
 
@@ -306,8 +323,16 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
         seed=seed, data_seed=seed, disable_tqdm=True, dataloader_num_workers=config.dataloader_workers,
     )
     schedule = _Schedule(config, seed, progress)
-    trainer = ResumableTrainer(model=model, args=args, train_dataset=data, optimizers=(opt, sched), callbacks=[schedule],
-                      data_collator=VQACollator(processor, "train", grounding=config.layouts == "mixed"))
+    grounded = config.grounding_loss > 0
+    collator = VQACollator(processor, "train", grounding=config.layouts == "mixed", mentioned=grounded)
+    common = dict(model=model, args=args, train_dataset=data, optimizers=(opt, sched), callbacks=[schedule],
+                  data_collator=collator)
+    if grounded:
+        unwrap_model(model).set_attn_implementation("eager")  # the loss reads attention probabilities
+        trainer = GroundingTrainer(**common, weight=config.grounding_loss, head=config.grounding_head,
+                                   image_token_id=unwrap_model(model).config.image_token_id)
+    else:
+        trainer = ResumableTrainer(**common)
     trainer.remove_callback(PrinterCallback)
     model.train()
     trainer.train(resume_from_checkpoint=resume)
@@ -319,6 +344,7 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
     losses = {e["step"]: e for e in trainer.state.log_history if "loss" in e}
     hist = pd.DataFrame([{"step": s, "loss": e["loss"], "lr": e.get("learning_rate", math.nan),
                           "seconds": schedule.seconds.get(s, math.nan),
+                          **({"grounding_loss": e.get("grounding_loss", math.nan)} if grounded else {}),
                           **({"layout": schedule.layouts[s]["layout"], "gap": schedule.layouts[s]["position_gap"]}
                              if s in schedule.layouts else {})} for s, e in sorted(losses.items())])
     if save:

@@ -147,3 +147,12 @@ def test_accuracy_goal_needs_the_overall_level_and_every_type_above_chance():
     table.loc["shape", "accuracy"], table.loc["all", "accuracy"] = 0.5, 0.69
     met, text = ev.accuracy_goal(table)
     assert not met and "0.6900 (< 0.7)" in text
+
+
+def test_goal_accuracies_are_chance_plus_the_margin_per_type_and_the_overall_level_for_all():
+    table = pd.DataFrame({"n": [10, 10, 20], "accuracy": [0.9, 0.36, 0.72], "chance": [1 / 6, 0.2, 0.3]},
+                         index=["colour", "shape", "all"])
+    goal = ev.goal_accuracies(table, overall=0.8, margin=0.1)
+    assert goal.to_dict() == pytest.approx({"colour": 1 / 6 + 0.1, "shape": 0.3, "all": 0.8})
+    met_by_row = table["accuracy"] >= ev.goal_accuracies(table)
+    assert met_by_row.all() == ev.accuracy_goal(table)[0]

@@ -112,6 +112,25 @@ def test_the_mixed_model_continues_the_image_first_one_on_every_layout(cache, mo
     assert type(model).__name__ == "LlavaForConditionalGeneration"  # saved plain, whatever it trained on
 
 
+def test_the_grounding_loss_adds_its_weighted_term_to_the_language_loss_and_logs_it(cache):
+    plain_config = PretrainConfig(**{**TINY, "steps": 2, "question_mix": "0,1,0,0,1,0,0"})
+    _, _, plain = pt.pretrain(plain_config, seed=0, progress=False)
+    grounded_config = dataclasses.replace(plain_config, grounding_loss=0.5, grounding_head=1)
+    model, _, hist = pt.pretrain(grounded_config, seed=0, progress=False)
+    assert "grounding_loss" not in plain and hist["grounding_loss"].gt(0).all()
+    # step 1: same weights, same batch; the logged loss is the language loss + 0.5 x the grounding term
+    assert hist["loss"].iloc[0] == pytest.approx(plain["loss"].iloc[0] + 0.5 * hist["grounding_loss"].iloc[0], abs=1e-4)
+    saved = pd.read_csv(embedded_cache_dir(0, dataclasses.asdict(grounded_config)) / "history.csv")
+    assert saved["grounding_loss"].tolist() == pytest.approx(hist["grounding_loss"].tolist())
+    assert model.config.text_config._attn_implementation != "eager"  # a plain model: inference as any other
+
+
+def test_a_grounding_head_the_model_lacks_is_named(cache):
+    with pytest.raises(ValueError, match="grounding head 9"):
+        pt.pretrain(PretrainConfig(**{**TINY, "steps": 1, "grounding_loss": 1.0, "grounding_head": 9}), seed=0,
+                    progress=False)
+
+
 def test_a_dataloader_worker_trains_the_same_weights_as_drawing_in_the_training_process(cache):
     config = TINY | {"vision_steps": 2, "question_mix": "1,2,1,1,3,3,1"}
     alone, _, hist_alone = pt.pretrain(PretrainConfig(**config), seed=0, progress=False, save=False)
@@ -182,6 +201,8 @@ def test_cache_entries_differ_by_profile_settings_seed_threads_and_code(monkeypa
     (dict(max_gap=-3), "max_gap=-3"), (dict(init="scratch"), "init='scratch'"),
     (dict(vision_steps=-1), "vision_steps=-1"), (dict(question_mix="1,2"), "'1,2'"),
     (dict(text_layers=0), "text_layers=0"), (dict(text_layers=2.5), "text_layers=2.5"),
+    (dict(grounding_loss=-0.1), "grounding_loss=-0.1"), (dict(grounding_head=-1), "grounding_head=-1"),
+    (dict(grounding_loss=0.1, layouts="mixed"), "layouts='mixed'"),
 ])
 def test_bad_settings_raise_value_errors_naming_them(kwargs, word):
     with pytest.raises(ValueError, match=word):
