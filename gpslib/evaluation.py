@@ -1,7 +1,11 @@
 """Evaluating models (paper Section 4.4, Table 3): answer accuracy, the six metrics, intervals over seeds.
 
 :func:`accuracy_table` groups the answers of :func:`gpslib.generation.predict` per question
-type beside chance (:data:`gpslib.shapes_vqa.CHANCE`); :func:`image_reliance` asks whether a
+type beside chance (:data:`gpslib.shapes_vqa.CHANCE`), :func:`accuracy_goal` and
+:func:`goal_accuracies` hold it against issue 11's goal for a base model that sees;
+:func:`accuracy_by_form` splits the types into forms of question (counts of all objects or of a
+named colour or shape, yes/no by their right answer) and :func:`constant_answers` names the types
+that get one answer whatever the image shows; :func:`image_reliance` asks whether a
 model reads the image at all. :func:`evaluate_run` scores a finished :mod:`gpslib.finetune` run on held-out prompts:
 validation loss, the metrics of Table 3 (:func:`gpslib.metrics.compute_metrics`) and,
 where the data carries short answers (ShapesVQA), answer accuracy. Results are cached in
