@@ -3,11 +3,12 @@
 The embedded base model of the ``cpu`` profile answered 45-51% of ShapesVQA test questions,
 with shape at chance and existence and relation at one constant answer. Trials changed one
 thing at a time (the vision learning-rate split, patch-label pre-training of the vision
-tower, the question-type mix, depth, width, answer formats) and scored each model on the
-same 600 test questions; :data:`TRIALS_CSV` holds one row per trial: its name, its settings
+tower, the question-type mix, depth, width, answer formats, training phases, image-level
+labels for the vision tower, and last the answer grounding loss of :mod:`gpslib.answer_grounding`,
+which ended the search) and scored each model on the same 600 test questions; :data:`TRIALS_CSV` holds one row per trial: its name, its settings
 (JSON), accuracy per question type and overall, times, the load average of the machine, and
 the commit and script that ran it. The trials ran before the recipe they chose entered
-:mod:`gpslib.pretrain` (``vision_steps``, ``question_mix``), so their script is not this
+:mod:`gpslib.pretrain` (``vision_steps``, ``question_mix``, ``grounding_loss``), so their script is not this
 package's; :func:`run_trial` reruns any trial that :class:`gpslib.pretrain.PretrainConfig`
 can express (``benchmarks/base_model_trials.py``) and appends it to the record.
 
