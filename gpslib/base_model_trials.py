@@ -51,6 +51,9 @@ def load_trials(path: str | Path | None = None) -> pd.DataFrame:
     missing = [c for c in ["trial", "settings", *COLUMNS] if c not in trials.columns]
     if missing:
         raise ValueError(f"{path} lacks the columns {missing}")
+    repeated = sorted(set(trials["trial"][trials["trial"].duplicated()]))
+    if repeated:
+        raise ValueError(f"{path} holds the trials {repeated} more than once; each name must be unique")
     return trials
 
 
@@ -126,7 +129,8 @@ def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: 
     this call; ``load_average`` is the machine's at the end); it is
     scored on the first ``eval_samples`` short-answer ShapesVQA test questions (greedy, 20 new tokens, as notebook 00) and
     the row is appended to ``record`` (default :data:`TRIALS_CSV`, written atomically) with
-    ``commit``, the caller's name for the code that ran it. Returns the row. Raises ValueError naming a bad override.
+    ``commit``, the caller's name for the code that ran it. Returns the row. Raises ValueError naming a bad override
+    or a name the record already holds (before any training).
     """
     settings = train_settings(profile, "image_first")
     if "model" in settings:
@@ -136,6 +140,9 @@ def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: 
     if unknown:
         raise ValueError(f"unknown PretrainConfig fields {unknown}; valid ones are {sorted(fields)}")
     config = PretrainConfig(**{**settings, **overrides}).validate()
+    out = Path(record) if record is not None else records_dir() / TRIALS_CSV
+    if out.exists() and name in set(pd.read_csv(out)["trial"]):
+        raise ValueError(f"the record {out} already holds a trial named {name!r}; give the rerun another name")
     path = embedded_cache_dir(seed, dataclasses.asdict(config))
     start = time.perf_counter()
     if not (path / "train_info.json").exists():
@@ -152,7 +159,6 @@ def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: 
            "train_seconds": info["seconds"], "wall_seconds": round(info.get("total_seconds", info["seconds"]), 1),
            "cached": wall < 0.5 * info.get("total_seconds", info["seconds"]), "load_average": os.getloadavg()[0],
            "threads": info["torch_threads"], "commit": commit, "script": "benchmarks/base_model_trials.py"}
-    out = Path(record) if record is not None else records_dir() / TRIALS_CSV
     old = pd.read_csv(out) if out.exists() else pd.DataFrame()
     atomic_write_text(out, pd.concat([old, pd.DataFrame([row])], ignore_index=True).to_csv(index=False))
     return row

@@ -6,7 +6,8 @@ every parameter, on fresh ShapesVQA training rows, through transformers' ``Train
 same stack as fine-tuning: checkpoints, resume, logging, several processes). AdamW with
 linear warmup and a cosine decay to 10% of ``lr``; gradient-norm clipping; the vision tower
 and projector learn at ``vision_lr_scale * lr``. The loss is the language-modelling loss on
-the answer tokens (:class:`gpslib.data.VQACollator`). Before that, ``vision_steps`` steps of
+the answer tokens (:class:`gpslib.data.VQACollator`), plus ``grounding_loss`` times the grounding
+term when that is set (the logged ``loss`` is then the weighted total). Before that, ``vision_steps`` steps of
 patch labels teach the vision tower to see (:func:`pretrain_vision_tower`: TinyLLaVA's tower
 comes pretrained, ours would not), ``question_mix`` asks the hard question types (shape,
 existence, relation) more often than a uniform draw would, and ``grounding_loss`` adds
@@ -99,7 +100,7 @@ class PretrainConfig:
     dataloader_workers: int = setting(0, "processes drawing the images beside the training process")
     grounding_loss: float = setting(0.0, "weight of the answer grounding loss (gpslib.answer_grounding): while the "
                                          "model writes its answer, one head of the last layer is trained to attend to "
-                                         "the patches of the objects the question names; 0: none (image_first only)")
+                                         "the patches of the objects the question names; 0: none. Needs layouts image_first")
     grounding_head: int = setting(0, "the head of the last language-model layer that the grounding loss trains")
 
     def validate(self) -> "PretrainConfig":
@@ -132,8 +133,8 @@ class PretrainConfig:
         if not isinstance(self.dataloader_workers, int) or self.dataloader_workers < 0:
             raise ValueError(f"dataloader_workers must be an int >= 0; got {self.dataloader_workers!r}")
         if (not isinstance(self.grounding_loss, (int, float)) or isinstance(self.grounding_loss, bool)
-                or not self.grounding_loss >= 0):
-            raise ValueError(f"grounding_loss must be a number >= 0; got grounding_loss={self.grounding_loss!r}")
+                or not (math.isfinite(self.grounding_loss) and self.grounding_loss >= 0)):
+            raise ValueError(f"grounding_loss must be a finite number >= 0; got grounding_loss={self.grounding_loss!r}")
         if not isinstance(self.grounding_head, int) or isinstance(self.grounding_head, bool) or self.grounding_head < 0:
             raise ValueError(f"grounding_head must be an int >= 0; got grounding_head={self.grounding_head!r}")
         if self.grounding_loss and self.layouts != "image_first":
@@ -275,7 +276,9 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
 
     ``config``: :class:`PretrainConfig`; ``profile`` names where the initial model of a
     continued run (``init="image_first"``) comes from (:func:`base_model_dir`). ``history``
-    has one row per step: step, loss, lr, seconds (and layout, gap for the mixed model).
+    has one row per step: step, loss, lr, seconds (and layout, gap for the mixed model; with
+    ``grounding_loss``, grounding_loss: the unweighted grounding term, while loss is the language
+    loss plus ``grounding_loss`` times it).
     The model comes back in eval mode as a plain ``LlavaForConditionalGeneration``. With
     ``save`` it goes to ``cache_dir`` (default :func:`embedded_cache_dir`), with checkpoints
     every ``checkpoint_every`` steps in ``<cache_dir>.partial`` for resuming. Threads: the
@@ -295,6 +298,9 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
         if config.text_layers is not None and config.text_layers != layers:
             raise ValueError(f"text_layers={config.text_layers} but the initial model (the profile's image_first) "
                              f"has {layers} language-model layers")
+    heads = model.config.text_config.num_attention_heads
+    if config.grounding_loss and config.grounding_head >= heads:  # before minutes of vision-tower training
+        raise ValueError(f"grounding head {config.grounding_head} does not exist: the last layer has {heads} heads")
     size = MODEL_SIZES[config.size]
     resume = latest_complete_checkpoint(partial / "checkpoints") if save else None
     vision_history = pd.DataFrame(columns=["step", "vision_loss", "seconds"])

@@ -91,3 +91,14 @@ def test_collator_marks_the_patches_of_the_objects_each_question_names(processor
     assert 0 < named_any  # the rows exercise the mask
     plain = VQACollator(processor, "train")(rows)
     assert all(torch.equal(plain[k], batch[k]) for k in plain)  # the flag adds, changes nothing else
+
+
+def test_on_a_collated_batch_the_answer_positions_run_from_the_assistant_marker_to_the_token_before_eos(processor, rows):
+    batch = VQACollator(processor, "train", mentioned=True)(rows)
+    positions = answer_positions(batch["labels"])
+    tokenizer = processor.tokenizer
+    for b in range(len(rows)):
+        where = positions[b].nonzero().flatten().tolist()
+        assert where == list(range(where[0], where[-1] + 1))  # one answer: one run of positions
+        assert tokenizer.decode(batch["input_ids"][b, where[0]]).strip().endswith(":")  # "ASSISTANT:" ends there
+        assert batch["labels"][b, where[-1] + 1].item() == tokenizer.eos_token_id  # the last one predicts </s>

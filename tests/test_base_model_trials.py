@@ -76,6 +76,16 @@ def test_bad_inputs_get_errors_naming_them(tmp_path):
         run_trial("x", {}, profile="paper", record=tmp_path / "r.csv")
 
 
+def test_a_trial_name_is_unique_in_the_record_and_a_rerun_under_a_taken_name_is_refused_before_training(tmp_path):
+    path = _record(tmp_path)
+    with pytest.raises(ValueError, match="already holds a trial named 'seeing'"):
+        run_trial("seeing", {}, profile="smoke", record=path)  # raises before any training: no cache is written
+    twice = pd.concat([pd.read_csv(path)] * 2)
+    twice.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"\['baseline', 'seeing'\] more than once"):
+        load_trials(path)
+
+
 @pytest.mark.slow
 def test_the_smoke_script_trains_scores_and_appends_its_trials(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "GPSLIB_CACHE": str(tmp_path / "cache")}

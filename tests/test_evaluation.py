@@ -156,3 +156,7 @@ def test_goal_accuracies_are_chance_plus_the_margin_per_type_and_the_overall_lev
     assert goal.to_dict() == pytest.approx({"colour": 1 / 6 + 0.1, "shape": 0.3, "all": 0.8})
     met_by_row = table["accuracy"] >= ev.goal_accuracies(table)
     assert met_by_row.all() == ev.accuracy_goal(table)[0]
+    table.loc["shape", "accuracy"] = 0.2 + ev.GOAL_MARGIN  # exactly at the goal: both call it met
+    assert (table["accuracy"] >= ev.goal_accuracies(table)).all() and ev.accuracy_goal(table)[0]
+    table.loc["shape", "accuracy"] = 0.2 + ev.GOAL_MARGIN - 1e-9  # just below: both call it missed
+    assert not (table["accuracy"] >= ev.goal_accuracies(table)).all() and not ev.accuracy_goal(table)[0]

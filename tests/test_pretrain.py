@@ -125,10 +125,11 @@ def test_the_grounding_loss_adds_its_weighted_term_to_the_language_loss_and_logs
     assert model.config.text_config._attn_implementation != "eager"  # a plain model: inference as any other
 
 
-def test_a_grounding_head_the_model_lacks_is_named(cache):
+def test_a_grounding_head_the_model_lacks_is_named_before_the_vision_tower_trains(cache, monkeypatch):
+    monkeypatch.setattr(pt, "pretrain_vision_tower", lambda *a, **k: pytest.fail("trained before the check"))
     with pytest.raises(ValueError, match="grounding head 9"):
-        pt.pretrain(PretrainConfig(**{**TINY, "steps": 1, "grounding_loss": 1.0, "grounding_head": 9}), seed=0,
-                    progress=False)
+        pt.pretrain(PretrainConfig(**{**TINY, "steps": 1, "vision_steps": 5, "grounding_loss": 1.0,
+                                      "grounding_head": 9}), seed=0, progress=False)
 
 
 def test_a_dataloader_worker_trains_the_same_weights_as_drawing_in_the_training_process(cache):
@@ -202,6 +203,7 @@ def test_cache_entries_differ_by_profile_settings_seed_threads_and_code(monkeypa
     (dict(vision_steps=-1), "vision_steps=-1"), (dict(question_mix="1,2"), "'1,2'"),
     (dict(text_layers=0), "text_layers=0"), (dict(text_layers=2.5), "text_layers=2.5"),
     (dict(grounding_loss=-0.1), "grounding_loss=-0.1"), (dict(grounding_head=-1), "grounding_head=-1"),
+    (dict(grounding_loss=float("inf")), "grounding_loss=inf"),
     (dict(grounding_loss=0.1, layouts="mixed"), "layouts='mixed'"),
 ])
 def test_bad_settings_raise_value_errors_naming_them(kwargs, word):
