@@ -31,10 +31,10 @@ from __future__ import annotations
 import torch
 
 from gpslib.checkpoints import ResumableTrainer
+from gpslib.data import IGNORE_INDEX
+from gpslib.generation import unwrap_model
 
-__all__ = ["answer_positions", "answer_grounding_loss", "GroundingTrainer"]
-
-IGNORE_INDEX = -100
+__all__ = ["answer_positions", "answer_grounding_loss", "check_head", "GroundingTrainer"]
 
 
 def answer_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -70,12 +70,18 @@ def answer_grounding_loss(attention: torch.Tensor, labels: torch.Tensor, input_i
     return -(mass[rows] + eps).log().mean()
 
 
+def check_head(num_heads: int, head: int) -> None:
+    """Raise ValueError naming ``head`` unless it is one of the last layer's ``num_heads`` heads."""
+    if not 0 <= head < num_heads:
+        raise ValueError(f"grounding head {head} does not exist: the last layer has {num_heads} heads")
+
+
 class GroundingTrainer(ResumableTrainer):
     """``ResumableTrainer`` whose loss adds ``weight`` x :func:`answer_grounding_loss` of head ``head`` of the last layer.
 
     ``image_token_id``: the ``<image>`` token's id in ``input_ids``. The batch carries ``mentioned_patches`` (:class:`gpslib.data.VQACollator` with
-    ``mentioned=True``); the model must run eager attention (the others return no
-    probabilities). Each logged step carries its (unweighted) grounding loss as
+    ``mentioned=True``). The trainer checks ``head`` (:func:`check_head`) and switches the model to
+    eager attention (the others return no probabilities). Each logged step carries its (unweighted) grounding loss as
     ``grounding_loss`` beside the (weighted, total) ``loss`` in ``state.log_history``.
     """
 
@@ -84,6 +90,9 @@ class GroundingTrainer(ResumableTrainer):
 
     def __init__(self, *args, weight: float, head: int, image_token_id: int, **kwargs):
         super().__init__(*args, **kwargs)
+        inner = unwrap_model(self.model)
+        check_head(inner.config.text_config.num_attention_heads, head)
+        inner.set_attn_implementation("eager")  # the loss reads attention probabilities
         self.weight, self.head, self.image_token_id = weight, head, image_token_id
         self._grounding: list[float] = []  # since the last log
 
@@ -93,10 +102,7 @@ class GroundingTrainer(ResumableTrainer):
         if outputs.attentions is None or outputs.attentions[-1] is None:
             raise ValueError("the grounding loss needs attention probabilities: set the model's attention "
                              "implementation to 'eager'")
-        last = outputs.attentions[-1]
-        if not 0 <= self.head < last.shape[1]:
-            raise ValueError(f"grounding head {self.head} does not exist: the last layer has {last.shape[1]} heads")
-        grounding = answer_grounding_loss(last[:, self.head], inputs["labels"], inputs["input_ids"],
+        grounding = answer_grounding_loss(outputs.attentions[-1][:, self.head], inputs["labels"], inputs["input_ids"],
                                           self.image_token_id, mentioned)
         self._grounding.append(float(grounding.detach()))
         loss = outputs.loss + self.weight * grounding

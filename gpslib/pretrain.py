@@ -55,7 +55,7 @@ import torch
 from transformers import (HfArgumentParser, LlavaForConditionalGeneration, PrinterCallback, TrainerCallback,
                           TrainingArguments)
 
-from gpslib.answer_grounding import GroundingTrainer
+from gpslib.answer_grounding import GroundingTrainer, check_head
 from gpslib.atomic_files import replace_directory
 from gpslib.checkpoints import ResumableTrainer, latest_complete_checkpoint
 from gpslib.cli import flags_to_config, parse, preparse, setting, settings_flags
@@ -298,9 +298,8 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
         if config.text_layers is not None and config.text_layers != layers:
             raise ValueError(f"text_layers={config.text_layers} but the initial model (the profile's image_first) "
                              f"has {layers} language-model layers")
-    heads = model.config.text_config.num_attention_heads
-    if config.grounding_loss and config.grounding_head >= heads:  # before minutes of vision-tower training
-        raise ValueError(f"grounding head {config.grounding_head} does not exist: the last layer has {heads} heads")
+    if config.grounding_loss:  # before minutes of vision-tower training
+        check_head(model.config.text_config.num_attention_heads, config.grounding_head)
     size = MODEL_SIZES[config.size]
     resume = latest_complete_checkpoint(partial / "checkpoints") if save else None
     vision_history = pd.DataFrame(columns=["step", "vision_loss", "seconds"])
@@ -334,7 +333,6 @@ def pretrain(config: PretrainConfig, seed: int = 0, profile: str | None = None, 
     common = dict(model=model, args=args, train_dataset=data, optimizers=(opt, sched), callbacks=[schedule],
                   data_collator=collator)
     if grounded:
-        unwrap_model(model).set_attn_implementation("eager")  # the loss reads attention probabilities
         trainer = GroundingTrainer(**common, weight=config.grounding_loss, head=config.grounding_head,
                                    image_token_id=unwrap_model(model).config.image_token_id)
     else:
