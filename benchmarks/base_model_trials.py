@@ -15,12 +15,17 @@ Recorded as rerun-<name> (rerun-baseline is their baseline in notebook 00's tabl
                         (the best single trial overall, 0.70 with seed 0; 0.61 with seed 1)
     long                recipe with 4000 steps, twice the budget (existence and relation stay
                         constant on seeds 0 and 1: not a plateau that more steps end)
-    grounding           recipe with grounding_loss 0.1 (the cpu profile's: gpslib.answer_grounding)
+    grounding           recipe with grounding_loss 0.1 (gpslib.answer_grounding)
+    grounding_3000      grounding with 3000 steps
+    position            grounding with question_mix 1,2,1,2,2,2,1 (position questions weighted 2,
+                        after grounding's seed 1 answered position 0.648)
+    position_3000       position with 3000 steps (the cpu profile's)
 
-All but ``grounding`` set grounding_loss 0, as they ran. A name the record already holds is
+The trials before ``grounding`` set grounding_loss 0, and those without a number of steps of their own
+set 2000, as they ran (the profile's 3000 came with ``position_3000``). A name the record already holds is
 refused before training (pass --seed, or remove the old row first).
 
-About 8-13 minutes a trial on one CPU thread (long: 16 minutes, two trials sharing the 2 cores). ``--smoke`` runs the smoke profile's test-size
+About 5-13 minutes a trial on one CPU thread (long: 16 minutes; two trials sharing the 2 cores). ``--smoke`` runs the smoke profile's test-size
 model (seconds) into a scratch record, to check the script.
 
     python benchmarks/base_model_trials.py [--trials baseline,recipe] [--record PATH] [--smoke]
@@ -39,15 +44,19 @@ from gpslib.base_model_trials import run_trial  # noqa: E402
 from gpslib.runtime import setup  # noqa: E402
 
 NO_GROUNDING = {"grounding_loss": 0.0}  # the trials before the grounding loss ran without it
+STEPS_2000 = {"steps": 2000}  # the profile's steps until position_3000 (the trials must not inherit today's)
 TRIALS = {
-    "baseline": {"vision_steps": 0, "question_mix": "uniform", **NO_GROUNDING},
-    "vision_pretraining": {"vision_steps": 1000, "question_mix": "uniform", **NO_GROUNDING},
-    "recipe": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1", **NO_GROUNDING},
+    "baseline": {"vision_steps": 0, "question_mix": "uniform", **NO_GROUNDING, **STEPS_2000},
+    "vision_pretraining": {"vision_steps": 1000, "question_mix": "uniform", **NO_GROUNDING, **STEPS_2000},
+    "recipe": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1", **NO_GROUNDING, **STEPS_2000},
     "mix3_2500": {"vision_steps": 1000, "question_mix": "1,2,1,1,3,3,1", "steps": 2500, **NO_GROUNDING},
     "deeper": {"vision_steps": 1000, "question_mix": "1,2,1,1,3,3,1", "text_layers": 3, "weight_decay": 0.1,
-               **NO_GROUNDING},
+               **NO_GROUNDING, **STEPS_2000},
     "long": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1", "steps": 4000, **NO_GROUNDING},
-    "grounding": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1", "grounding_loss": 0.1},
+    "grounding": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1", "grounding_loss": 0.1, **STEPS_2000},
+    "grounding_3000": {"vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1", "grounding_loss": 0.1, "steps": 3000},
+    "position": {"vision_steps": 1000, "question_mix": "1,2,1,2,2,2,1", "grounding_loss": 0.1, **STEPS_2000},
+    "position_3000": {"vision_steps": 1000, "question_mix": "1,2,1,2,2,2,1", "grounding_loss": 0.1, "steps": 3000},
 }
 
 

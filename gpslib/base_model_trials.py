@@ -13,7 +13,8 @@ package's; :func:`run_trial` reruns any trial that :class:`gpslib.pretrain.Pretr
 can express (``benchmarks/base_model_trials.py``) and appends it to the record.
 
 :func:`what_changed` describes each trial by its settings' difference from the baseline and
-:func:`trial_findings` says, from the numbers, which question types each change moved.
+:func:`trial_findings` says, from the numbers, which question types each change moved;
+:func:`over_seeds` shows one recipe's reruns with other seeds against a goal per type.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from gpslib.pretrain import PretrainConfig, embedded_cache_dir, pretrain, train_
 from gpslib.records import records_dir
 from gpslib.shapes_vqa import SHORT_ANSWER_TYPES, shapes_vqa
 
-__all__ = ["TRIALS_CSV", "load_trials", "baselines", "what_changed", "trial_findings", "run_trial"]
+__all__ = ["TRIALS_CSV", "load_trials", "baselines", "what_changed", "trial_findings", "over_seeds", "run_trial"]
 
 TRIALS_CSV = "base_model_trials.csv"
 COLUMNS = [*SHORT_ANSWER_TYPES, "all"]
@@ -117,6 +118,33 @@ def trial_findings(trials: pd.DataFrame, baseline: str = "baseline", threshold: 
         parts = ", ".join(f"{t} {d:+.2f}" for t, d in moved) or f"no type moved by {threshold:.2f} or more"
         sentences.append(f"{name} (against {base_name}): overall {row['all'] - base['all']:+.2f} ({parts}).")
     return sentences
+
+
+def over_seeds(trials: pd.DataFrame, name: str, goal: pd.Series) -> pd.DataFrame:
+    """One recipe over seeds: the trial ``name`` (seed 0) and its reruns ``name-seed<N>``, per question type.
+
+    Returns a frame indexed by the question types and ``all`` with a column ``seed <N>`` per
+    seed (from each row's settings), ``min`` over the seeds, ``goal`` (``goal``'s value per
+    type, e.g. :func:`gpslib.evaluation.goal_accuracies`) and ``every seed meets goal``.
+    ValueError if the record holds no such trial, two of them share a seed, or ``goal`` lacks a type.
+    """
+    rows = trials[trials["trial"].astype(str).map(lambda t: t == name or (
+        t.startswith(name + "-seed") and t[len(name) + 5:].isdigit()))]
+    if rows.empty:
+        raise ValueError(f"the record holds no trial {name!r} or {name + '-seed<N>'!r}")
+    missing = [t for t in COLUMNS if t not in goal.index]
+    if missing:
+        raise ValueError(f"goal lacks the question types {missing}")
+    seeds = rows["settings"].map(lambda s: json.loads(s).get("seed", 0))
+    if seeds.duplicated().any():
+        raise ValueError(f"the trials {list(rows['trial'])} of {name!r} repeat a seed: {list(seeds)}")
+    table = pd.DataFrame({f"seed {seed}": row[COLUMNS].astype(float).to_numpy()
+                          for seed, (_, row) in sorted(zip(seeds, rows.iterrows()), key=lambda x: x[0])},
+                         index=COLUMNS)
+    table["min"] = table.min(axis=1)
+    table["goal"] = goal.reindex(COLUMNS).astype(float)
+    table["every seed meets goal"] = table["min"] >= table["goal"]
+    return table
 
 
 def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: int = 0, eval_samples: int = 600,

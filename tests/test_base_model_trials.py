@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gpslib.base_model_trials import COLUMNS, baselines, load_trials, run_trial, trial_findings, what_changed
+from gpslib.base_model_trials import (COLUMNS, baselines, load_trials, over_seeds, run_trial, trial_findings,
+                                      what_changed)
+from gpslib.pretrain import train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +67,28 @@ def test_a_row_that_names_its_baseline_is_compared_with_that_trial(tmp_path):
         baselines(both.assign(baseline=[None, None, "nowhere", None]))
 
 
+def test_over_seeds_takes_the_minimum_per_type_and_says_whether_every_seed_meets_the_goal(tmp_path):
+    trials = load_trials(_record(tmp_path))
+    reruns = pd.DataFrame([{"trial": f"seeing-seed{s}", "settings": json.dumps({"vision_steps": 1000, "seed": s}),
+                            **{t: 0.5 for t in COLUMNS}, "shape": shape, "all": 0.6}
+                           for s, shape in [(2, 0.7), (1, 0.85)]])
+    both = pd.concat([trials, reruns, trials.assign(trial=["x", "seeing_other"])], ignore_index=True)
+    goal = pd.Series(0.55, index=COLUMNS).rename("goal")
+    goal["shape"] = 0.8
+    table = over_seeds(both, "seeing", goal)
+    assert list(table.columns) == ["seed 0", "seed 1", "seed 2", "min", "goal", "every seed meets goal"]
+    assert table.loc["shape", ["seed 0", "seed 1", "seed 2", "min"]].tolist() == [0.9, 0.85, 0.7, 0.7]
+    assert not table.loc["shape", "every seed meets goal"] and table.loc["all", "every seed meets goal"]
+    assert not table.loc["count", "every seed meets goal"]  # 0.47 on seed 0
+    with pytest.raises(ValueError, match="'nothing'"):
+        over_seeds(both, "nothing", goal)
+    with pytest.raises(ValueError, match="count"):
+        over_seeds(both, "seeing", goal.drop("count"))
+    twice = pd.concat([both, reruns.assign(trial="seeing-seed9")], ignore_index=True)
+    with pytest.raises(ValueError, match="repeat a seed"):
+        over_seeds(twice, "seeing", goal)
+
+
 def test_bad_inputs_get_errors_naming_them(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.csv"):
         load_trials(tmp_path / "nowhere.csv")
@@ -99,3 +123,18 @@ def test_the_smoke_script_trains_scores_and_appends_its_trials(tmp_path):
     assert json.loads(trials["settings"][1])["question_mix"] == "1,2,1,1,2,2,1" and trials["n_test"].tolist() == [16, 16]
     assert what_changed(trials, baseline="baseline-smoke")["rerun-recipe-smoke"] == (
         "question_mix: uniform -> 1,2,1,1,2,2,1; vision_steps: 0 -> 2")
+
+
+def test_every_scripted_trial_states_the_settings_the_profile_has_moved_so_a_rerun_repeats_what_ran():
+    # the cpu profile's recipe moved (grounding_loss 0 -> 0.1, steps 2000 -> 3000, question_mix): a trial that
+    # left one of them to the profile would rerun with today's value, not the one it ran with
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import base_model_trials as script
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    moved = {"steps", "grounding_loss", "question_mix", "vision_steps"}
+    assert {name: sorted(moved - set(overrides)) for name, overrides in script.TRIALS.items()} == {
+        name: [] for name in script.TRIALS}
+    profile = train_settings("cpu", "image_first")  # position_3000 is the cpu profile's recipe, as its docstring says
+    assert {k: profile[k] for k in script.TRIALS["position_3000"]} == script.TRIALS["position_3000"]
