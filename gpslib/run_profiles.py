@@ -35,19 +35,21 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # `paper` trains nothing: it loads `model` from the hub and only evaluates it.
     "pretrain": {
         "smoke": {"image_first": {"size": "test", "steps": 30, "batch_size": 16, "lr": 3e-3, "warmup": 5,
-                                  "vision_steps": 5, "question_mix": "1,2,1,1,2,2,1", "grounding_loss": 0.1},
+                                  "vision_steps": 5, "question_mix": "1,2,1,2,2,2,1", "grounding_loss": 0.1},
                   "mixed": {"size": "test", "steps": 10, "batch_size": 16, "lr": 1e-3, "warmup": 2,
-                            "question_mix": "1,2,1,1,2,2,1", "layouts": "mixed", "max_gap": 1024,
+                            "question_mix": "1,2,1,2,2,2,1", "layouts": "mixed", "max_gap": 1024,
                             "init": "image_first"},
                   "eval_samples": 48, "eval_batch_size": 48, "eval_max_new_tokens": 20},
         # vision_steps and question_mix: the trials of notebook 00 (shape from chance to 0.90);
-        # grounding_loss: its last trials (existence 0.96, relation 0.92 on seed 0, 0.96 / 0.68 on seed 1).
+        # grounding_loss: its last trials (existence 0.96, relation 0.92 on seed 0, 0.96 / 0.68 on seed 1);
+        # position weighted 2 (it was 1) and 3000 steps (it was 2000): with 2000 steps and weight 1,
+        # seed 1's position was 0.648, under the goal of 0.65 (notebook 00: the recipes over seeds).
         # dataloader_workers 1: the second core draws the images (the same weights, tests/test_pretrain.py)
-        "cpu": {"image_first": {"size": "embedded", "steps": 2000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
-                                "vision_steps": 1000, "question_mix": "1,2,1,1,2,2,1", "grounding_loss": 0.1,
+        "cpu": {"image_first": {"size": "embedded", "steps": 3000, "batch_size": 32, "lr": 2e-3, "warmup": 100,
+                                "vision_steps": 1000, "question_mix": "1,2,1,2,2,2,1", "grounding_loss": 0.1,
                                 "dataloader_workers": 1},
                 "mixed": {"size": "embedded", "steps": 600, "batch_size": 32, "lr": 1e-3, "warmup": 30,
-                          "question_mix": "1,2,1,1,2,2,1", "layouts": "mixed", "max_gap": 1024,
+                          "question_mix": "1,2,1,2,2,2,1", "layouts": "mixed", "max_gap": 1024,
                           "init": "image_first", "dataloader_workers": 1},
                 "eval_samples": 600, "eval_batch_size": 100, "eval_max_new_tokens": 20},
         "paper": {"model": "bczhou/tiny-llava-v1-hf",
