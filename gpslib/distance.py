@@ -234,7 +234,9 @@ def distance_verdict(results: pd.DataFrame, confidence: float = 0.95, n_boot: in
     beyond its interval, and by more than oracle beyond the interval of the difference),
     *distance hurts but reordering does not help* (none falls, the difference's interval
     includes zero) or *not supported at this scale* (none's change is within its interval,
-    or positive).
+    or positive). Last, the levels beside the slopes: oracle minus none at every gap (paired
+    bootstrap over questions), and the gaps where the oracle order answers better or worse
+    than the original beyond the interval (a flat oracle curve can still lie below none's).
     """
     gaps = sorted(results["gap"].unique())
     if len(gaps) < 2:
@@ -264,4 +266,28 @@ def distance_verdict(results: pd.DataFrame, confidence: float = 0.95, n_boot: in
         else:
             verdict = (f"Not supported at this scale: moving the image {g1} positions away does not lower "
                        f"the accuracy of the original order beyond its interval.")
-    return "\n".join(lines + ([f"Verdict on the paper's hypothesis: {verdict}"] if verdict else []))
+    level = _level_sentence(results, gaps, confidence, n_boot, seed) if {"none", "oracle"} <= set(drops) else []
+    return "\n".join(lines + ([f"Verdict on the paper's hypothesis: {verdict}"] if verdict else []) + level)
+
+
+def _level_sentence(results: pd.DataFrame, gaps: list, confidence: float, n_boot: int, seed: int) -> list[str]:
+    """Oracle minus none at each gap (paired over questions), and what it says beside the slopes' verdict."""
+    diffs, better, worse, same = [], [], [], []
+    for gap in gaps:
+        part = results[results["gap"] == gap]
+        o = part[part["condition"] == "oracle"].sort_values("question")["correct"].astype(float).to_numpy()
+        n = part[part["condition"] == "none"].sort_values("question")["correct"].astype(float).to_numpy()
+        d, lo, hi = paired_bootstrap_difference(o, n, confidence, n_boot, seed)
+        diffs.append(f"g={gap} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        (better if lo > 0 else worse if hi < 0 else same).append(gap)
+    if len(better) == len(gaps):
+        sentence = "The oracle order also answers better than the original order at every gap measured."
+    elif len(worse) == len(gaps):
+        sentence = (f"But the oracle order answers worse than the original order at every gap measured, the "
+                    f"largest ({gaps[-1]}) included: at this scale the order that distance does not hurt costs "
+                    f"more than distance does.")
+    else:
+        parts = [f"{word} at g = {', '.join(map(str, gs))}" for word, gs in
+                 (("better", better), ("worse", worse), ("no differently beyond the intervals", same)) if gs]
+        sentence = "Against the original order, the oracle order answers " + "; ".join(parts) + "."
+    return ["oracle minus none, accuracy at each gap: " + ", ".join(diffs), sentence]

@@ -46,11 +46,11 @@ def test_table_has_the_issue_columns_and_intervals_around_the_mean():
     assert int(table.loc[table.question_type == "all", "n"].iloc[0]) == 400
 
 
-def _results(none_drop, oracle_drop, n=600, seed=0):
+def _results(none_drop, oracle_drop, n=600, seed=0, oracle_level=0.8):
     rng = np.random.default_rng(seed)
     frames = []
     for condition, drop in (("none", none_drop), ("oracle", oracle_drop)):
-        base = rng.random(n) < 0.8
+        base = rng.random(n) < (oracle_level if condition == "oracle" else 0.8)
         far = base & (rng.random(n) >= drop / 0.8)  # lose a share of the right answers at the far gap
         for gap, correct in ((0, base), (512, far)):
             frames.append(pd.DataFrame({"condition": condition, "gap": gap, "question": range(n),
@@ -67,6 +67,18 @@ def test_verdict_follows_the_numbers(none_drop, oracle_drop, expected):
     text = distance_verdict(_results(none_drop, oracle_drop), n_boot=300)
     assert f"Verdict on the paper's hypothesis: {expected}" in text
     assert "none: accuracy" in text and "oracle: accuracy" in text
+
+
+@pytest.mark.parametrize("oracle_level, expected", [
+    (0.3, "But the oracle order answers worse than the original order at every gap measured, the largest (512)"),
+    (0.8, "Against the original order, the oracle order answers better at g = 512; no differently beyond the "
+          "intervals at g = 0."),
+    (0.97, "The oracle order also answers better than the original order at every gap measured."),
+])
+def test_the_levels_beside_the_slopes_say_where_the_oracle_order_answers_worse_than_none(oracle_level, expected):
+    text = distance_verdict(_results(0.30, 0.0, oracle_level=oracle_level), n_boot=300)
+    assert "Verdict on the paper's hypothesis: Supported at this scale" in text  # the slopes' verdict is unchanged
+    assert expected in text and "oracle minus none, accuracy at each gap: g=0 " in text
 
 
 @torch.no_grad()

@@ -144,8 +144,9 @@ md("""
 
 `distance_verdict` compares each layout's accuracy at the smallest and the largest gap (paired
 bootstrap over the same questions) and then the change of `none` against the change of `oracle`,
-the difference the hypothesis predicts to be negative. The text below is generated from this
-run's results.
+the difference the hypothesis predicts to be negative. The prediction is about slopes; last, the
+levels beside them: `oracle` minus `none` at every gap, since an oracle curve that stays flat can
+still lie below the original order's. The text below is generated from this run's results.
 """)
 code("print(distance_verdict(results))")
 nb = new_notebook(cells=cells, metadata={"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
