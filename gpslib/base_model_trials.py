@@ -14,7 +14,8 @@ can express (``benchmarks/base_model_trials.py``) and appends it to the record.
 
 :func:`what_changed` describes each trial by its settings' difference from the baseline and
 :func:`trial_findings` says, from the numbers, which question types each change moved;
-:func:`over_seeds` shows one recipe's reruns with other seeds against a goal per type.
+:func:`over_seeds` shows one recipe's reruns with other seeds against a goal per type
+(:func:`recipes_over_seeds`: several recipes in one table).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from gpslib.pretrain import PretrainConfig, embedded_cache_dir, pretrain, train_
 from gpslib.records import records_dir
 from gpslib.shapes_vqa import SHORT_ANSWER_TYPES, shapes_vqa
 
-__all__ = ["TRIALS_CSV", "load_trials", "baselines", "what_changed", "trial_findings", "over_seeds", "run_trial"]
+__all__ = ["TRIALS_CSV", "load_trials", "baselines", "what_changed", "trial_findings", "over_seeds", "recipes_over_seeds",
+           "run_trial"]
 
 TRIALS_CSV = "base_model_trials.csv"
 COLUMNS = [*SHORT_ANSWER_TYPES, "all"]
@@ -145,6 +147,19 @@ def over_seeds(trials: pd.DataFrame, name: str, goal: pd.Series) -> pd.DataFrame
     table["goal"] = goal.reindex(COLUMNS).astype(float)
     table["every seed meets goal"] = table["min"] >= table["goal"]
     return table
+
+
+def recipes_over_seeds(trials: pd.DataFrame, names: list[str], goal: pd.Series) -> pd.DataFrame:
+    """:func:`over_seeds` of each recipe in ``names``, one frame indexed by (recipe, question type).
+
+    The seed columns come first in seed order (a recipe without a seed has NaN there), then
+    ``min``, ``goal`` and ``every seed meets goal``.
+    """
+    if not names:
+        raise ValueError("names must list at least one recipe; got []")
+    table = pd.concat({name: over_seeds(trials, name, goal) for name in names}, names=["recipe", "question type"])
+    seeds = sorted((c for c in table.columns if c.startswith("seed ")), key=lambda c: int(c.split()[1]))
+    return table[[*seeds, "min", "goal", "every seed meets goal"]]
 
 
 def run_trial(name: str, overrides: dict[str, Any], profile: str = "cpu", seed: int = 0, eval_samples: int = 600,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gpslib.base_model_trials import (COLUMNS, baselines, load_trials, over_seeds, run_trial, trial_findings,
-                                      what_changed)
+from gpslib.base_model_trials import (COLUMNS, baselines, load_trials, over_seeds, recipes_over_seeds, run_trial,
+                                      trial_findings, what_changed)
 from gpslib.pretrain import train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +87,15 @@ def test_over_seeds_takes_the_minimum_per_type_and_says_whether_every_seed_meets
     twice = pd.concat([both, reruns.assign(trial="seeing-seed9")], ignore_index=True)
     with pytest.raises(ValueError, match="repeat a seed"):
         over_seeds(twice, "seeing", goal)
+    # several recipes: the seeds in order whichever recipe has them, NaN where a recipe lacks one
+    other = reruns.assign(trial=["other-seed3", "other"], settings=[json.dumps({"seed": 3}), json.dumps({})])
+    both = pd.concat([both, other], ignore_index=True)
+    table = recipes_over_seeds(both, ["other", "seeing"], goal)
+    assert list(table.columns) == ["seed 0", "seed 1", "seed 2", "seed 3", "min", "goal", "every seed meets goal"]
+    assert table.loc[("other", "shape"), "min"] == 0.7 and pd.isna(table.loc[("other", "shape"), "seed 1"])
+    assert table.loc["seeing"].equals(over_seeds(both, "seeing", goal).reindex(columns=table.columns))
+    with pytest.raises(ValueError, match=r"\[\]"):
+        recipes_over_seeds(both, [], goal)
 
 
 def test_bad_inputs_get_errors_naming_them(tmp_path):

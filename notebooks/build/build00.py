@@ -39,7 +39,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from gpslib.base_model_trials import COLUMNS, load_trials, over_seeds, trial_findings, what_changed
+from gpslib.base_model_trials import COLUMNS, load_trials, recipes_over_seeds, trial_findings, what_changed
 from gpslib.evaluation import (accuracy_by_form, accuracy_goal, accuracy_table, constant_answers, goal_accuracies,
                                image_reliance)
 from gpslib.figures import save_table, savefig
@@ -298,22 +298,22 @@ type: each seed's accuracy, the minimum over the seeds and the goal; a recipe me
 goal only if every seed does.
 """)
 code("""
-goal = goal_accuracies(tables["image_first"])
-spread = {name: over_seeds(trials, name, goal)
-          for name in ("rerun-grounding", "rerun-grounding_3000", "rerun-position", "rerun-position_3000")}
-print(save_table(pd.concat(spread, names=["recipe", "question type"]), "table_base_model_seeds", profile))
-for name, table in spread.items():
+spread = recipes_over_seeds(trials, ["rerun-grounding", "rerun-grounding_3000", "rerun-position",
+                                     "rerun-position_3000"], goal_accuracies(tables["image_first"]))
+print(save_table(spread, "table_base_model_seeds", profile))
+for name, table in spread.groupby(level="recipe", sort=False):
+    table = table.droplevel("recipe")
     short = table.index[~table["every seed meets goal"]]
-    seeds = [c for c in table.columns if c.startswith("seed ")]
+    seeds = [c for c in table.columns if c.startswith("seed ") and table[c].notna().all()]
     print(f"{name} over {len(seeds)} seeds: " + ("every type meets the goal on every seed" if short.empty else
           "below the goal on some seed: " + ", ".join(
               f"{t} (min {table.loc[t, 'min']:.4f}, goal {table.loc[t, 'goal']:.4f})" for t in short)))
-seed0 = spread["rerun-position_3000"]["seed 0"]
+seed0 = spread.loc["rerun-position_3000", "seed 0"]
 mine_values = ours.reindex(COLUMNS).astype(float)
 print(f"rerun-position_3000 seed 0 against this notebook's model ({profile}): largest difference per type "
       f"{(seed0 - mine_values).abs().max():.4f}" + (" (the smoke model is another, test-size model)"
                                                    if profile == "smoke" else ""))
-pd.concat(spread, names=["recipe", "question type"]).round(4)
+spread.round(4)
 """)
 code("""
 heat = record[[*SHORT_ANSWER_TYPES, "all"]].astype(float)
