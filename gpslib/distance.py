@@ -284,8 +284,8 @@ def _level_sentence(results: pd.DataFrame, gaps: list, confidence: float, n_boot
         sentence = "The oracle order also answers better than the original order at every gap measured."
     elif len(worse) == len(gaps):
         sentence = (f"But the oracle order answers worse than the original order at every gap measured, the "
-                    f"largest ({gaps[-1]}) included: at this scale the order that distance does not hurt costs "
-                    f"more than distance does.")
+                    f"largest ({gaps[-1]}) included: at this scale, putting each object's patches beside its "
+                    f"word costs more than it saves.")
     else:
         parts = [f"{word} at g = {', '.join(map(str, gs))}" for word, gs in
                  (("better", better), ("worse", worse), ("no differently beyond the intervals", same)) if gs]
