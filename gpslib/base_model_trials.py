@@ -130,8 +130,9 @@ def over_seeds(trials: pd.DataFrame, name: str, goal: pd.Series) -> pd.DataFrame
     type, e.g. :func:`gpslib.evaluation.goal_accuracies`) and ``every seed meets goal``.
     ValueError if the record holds no such trial, two of them share a seed, or ``goal`` lacks a type.
     """
+    prefix = name + "-seed"
     rows = trials[trials["trial"].astype(str).map(lambda t: t == name or (
-        t.startswith(name + "-seed") and t[len(name) + 5:].isdigit()))]
+        t.startswith(prefix) and t[len(prefix):].isdigit()))]
     if rows.empty:
         raise ValueError(f"the record holds no trial {name!r} or {name + '-seed<N>'!r}")
     missing = [t for t in COLUMNS if t not in goal.index]

@@ -217,11 +217,14 @@ def attention_to_objects(model, processor, rows: Sequence[dict], gaps: Iterable[
     return pd.DataFrame(records)
 
 
+def _per_question(results: pd.DataFrame, condition: str, gap: int, column: str) -> np.ndarray:
+    """``column`` of one condition at one gap, in question order (so two such arrays pair up)."""
+    part = results[(results["condition"] == condition) & (results["gap"] == gap)]
+    return part.sort_values("question")[column].astype(float).to_numpy()
+
+
 def _paired(results: pd.DataFrame, condition: str, gap_a: int, gap_b: int, column: str) -> np.ndarray:
-    part = results[results["condition"] == condition]
-    a = part[part["gap"] == gap_a].sort_values("question")[column].astype(float).to_numpy()
-    b = part[part["gap"] == gap_b].sort_values("question")[column].astype(float).to_numpy()
-    return a, b
+    return _per_question(results, condition, gap_a, column), _per_question(results, condition, gap_b, column)
 
 
 def distance_verdict(results: pd.DataFrame, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> str:
@@ -274,10 +277,9 @@ def _level_sentence(results: pd.DataFrame, gaps: list, confidence: float, n_boot
     """Oracle minus none at each gap (paired over questions), and what it says beside the slopes' verdict."""
     diffs, better, worse, same = [], [], [], []
     for gap in gaps:
-        part = results[results["gap"] == gap]
-        o = part[part["condition"] == "oracle"].sort_values("question")["correct"].astype(float).to_numpy()
-        n = part[part["condition"] == "none"].sort_values("question")["correct"].astype(float).to_numpy()
-        d, lo, hi = paired_bootstrap_difference(o, n, confidence, n_boot, seed)
+        d, lo, hi = paired_bootstrap_difference(_per_question(results, "oracle", gap, "correct"),
+                                                _per_question(results, "none", gap, "correct"),
+                                                confidence, n_boot, seed)
         diffs.append(f"g={gap} {d:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         (better if lo > 0 else worse if hi < 0 else same).append(gap)
     if len(better) == len(gaps):
