@@ -49,7 +49,7 @@ from transformers.utils import ModelOutput
 from gpslib.chat_format import assistant_separator_ids
 from gpslib.gps import GumbelPermutationSinkformer
 from gpslib.positions import position_ids as compute_position_ids
-from gpslib.prompt_layout import PromptLayout, check_feature_rows, prompt_layout
+from gpslib.prompt_layout import PromptLayout, check_feature_rows, prompt_layout, take_rows
 from gpslib.reordering_config import ReorderingLlavaConfig, reordering_config
 from gpslib.sinkhorn import perm_matrix_to_order
 from gpslib.tokenmixer import cosine_assignment, grouped_order, random_assignment_like
@@ -159,12 +159,11 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         """
         layout = self.prompt_layout(input_ids, attention_mask, labels)
         embeds = self.merged_embeddings(input_ids, pixel_values, layout)
-        d = embeds.shape[-1]
         return {
             "layout": layout,
             "inputs_embeds": embeds,
-            "image_embeds": embeds.gather(1, layout.image_pos[..., None].expand(-1, -1, d)),
-            "text_embeds": embeds.gather(1, layout.text_pos[..., None].expand(-1, -1, d)),
+            "image_embeds": take_rows(embeds, layout.image_pos),
+            "text_embeds": take_rows(embeds, layout.text_pos),
             "text_ids": input_ids.gather(1, layout.text_pos),
         }
 
@@ -205,7 +204,7 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         if mixed is not None:  # P @ tokens, so that gradients reach P
             embeds = mixed
         elif order is not None:
-            embeds = embeds.gather(1, order[..., None].expand(-1, -1, embeds.shape[-1]))
+            embeds = take_rows(embeds, order)
         if order is not None and labels is not None:
             labels = labels.gather(1, order)
         return ReorderedInputs(embeds, attention_mask, labels, self._positions(input_ids, attention_mask, order, layout),

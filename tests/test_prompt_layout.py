@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpslib.prompt_layout import prompt_layout
+from gpslib.prompt_layout import prompt_layout, take_rows
 from gpslib.tokenmixer import grouped_order
 
 IMG, BOS, PAD, S1, S2 = 9, 1, 0, 3, 4
@@ -107,3 +107,23 @@ def test_the_layout_runs_on_the_device_of_the_ids():
     tensors = (layout.image_pos, layout.text_pos, layout.slot_pos, layout.n_text, order, *masks)
     assert all(t.device == IDS.device for t in tensors)
     assert torch.equal(layout.slot_pos, reference.slot_pos) and torch.equal(order, reference.sequence_order(local))
+
+
+def test_take_rows_equals_gather_in_values_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    index = torch.stack([torch.randperm(7, generator=g)[:4] for _ in range(3)])  # (3, 4) distinct rows
+    weight = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    got = take_rows(x, index)
+    want = x.gather(1, index[..., None].expand(-1, -1, 5))
+    assert torch.equal(got, want)
+    (grad_got,) = torch.autograd.grad((got * weight).sum(), x)
+    (grad_want,) = torch.autograd.grad((want * weight).sum(), x)
+    assert torch.equal(grad_got, grad_want)
+    assert torch.equal(got[1, 2], x[1, index[1, 2]])
+
+
+@pytest.mark.parametrize("shape, index_shape", [((3, 7), (3, 4)), ((3, 7, 5), (2, 4)), ((3, 7, 5), (3,))])
+def test_take_rows_names_the_shapes_it_cannot_take(shape, index_shape):
+    with pytest.raises(ValueError, match=r"take_rows needs x \(B, T, D\) and index \(B, K\)"):
+        take_rows(torch.zeros(shape), torch.zeros(index_shape, dtype=torch.long))
