@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from gpslib.checkpoints import ResumableTrainer
-from gpslib.data import IGNORE_INDEX
+from gpslib.chat_format import IGNORE_INDEX
 from gpslib.generation import unwrap_model
 
 __all__ = ["answer_positions", "answer_grounding_loss", "check_head", "GroundingTrainer"]

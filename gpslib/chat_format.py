@@ -17,6 +17,7 @@ from typing import Any
 
 __all__ = [
     "IMAGE_TOKEN",
+    "IGNORE_INDEX",
     "ASSISTANT_SEPARATOR",
     "CHAT_TEMPLATE",
     "message_text",
@@ -28,6 +29,7 @@ __all__ = [
 ]
 
 IMAGE_TOKEN = "<image>"
+IGNORE_INDEX = -100  # the label of a token that is not scored (torch's and transformers' cross-entropy default)
 USER_PREFIX = "USER: "
 ASSISTANT_SEPARATOR = "ASSISTANT:"
 END_OF_ANSWER = "</s>"

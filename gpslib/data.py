@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from gpslib.chat_format import IMAGE_TOKEN, conversation_text, first_turn, format_prompt
+from gpslib.chat_format import IGNORE_INDEX, IMAGE_TOKEN, conversation_text, first_turn, format_prompt
 from gpslib.shapes_vqa import object_patches
 
 __all__ = [
@@ -47,7 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 
 
 # --------------------------------------------------------------------------- reports

@@ -45,6 +45,8 @@ from functools import lru_cache
 
 import torch
 
+from gpslib.chat_format import IGNORE_INDEX
+
 __all__ = [
     "METRIC_NAMES",
     "DEFAULT_BERTSCORE_MODEL",
@@ -367,14 +369,14 @@ def compute_metrics(predictions, references, bertscore_model: str | None = None,
 def answer_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probability of each row's labelled tokens, and their count.
 
-    logits (B, T, V) of a causal LM, labels (B, T) (-100 = not scored; position t is
+    logits (B, T, V) of a causal LM, labels (B, T) (IGNORE_INDEX, -100 = not scored; position t is
     predicted from position t - 1). Returns (sum (B,) float64, count (B,) long); the mean
     ``-sum.sum() / count.sum()`` is the model's language-modelling loss. For a reordering
     model the answer tokens never move, so labels on the answer read the same positions.
     """
     logp = torch.log_softmax(logits[:, :-1].double(), dim=-1)  # (B, T-1, V)
     target = labels[:, 1:]
-    mask = target != -100
+    mask = target != IGNORE_INDEX
     picked = logp.gather(-1, target.clamp_min(0)[..., None]).squeeze(-1)  # (B, T-1)
     return (picked * mask).sum(1), mask.sum(1)
 
@@ -396,7 +398,7 @@ def validation_loss(model: torch.nn.Module, loader, device: torch.device | str |
     try:
         for batch in loader:
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())  # tokens the shifted loss scores
+            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # tokens the shifted loss scores
             if n == 0:
                 continue
             total += float(model(**batch).loss) * n

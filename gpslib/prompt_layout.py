@@ -26,9 +26,9 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["PromptLayout", "prompt_layout", "check_feature_rows", "take_rows"]
+from gpslib.chat_format import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+__all__ = ["PromptLayout", "prompt_layout", "check_feature_rows", "take_rows"]
 
 
 @dataclass(frozen=True)
