@@ -1,13 +1,15 @@
-"""Shared timing helper of the benchmarks: best of several runs, with a fixed torch thread count."""
+"""Shared timing helper of the benchmarks: best of several runs, with a fixed torch thread count, and the machine."""
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from typing import Callable
 
 import torch
 
-__all__ = ["best_time", "thread_settings"]
+__all__ = ["best_time", "thread_settings", "machine"]
 
 
 def best_time(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -28,3 +30,14 @@ def thread_settings(only: int | None = None) -> list[int]:
         return [only]
     default = torch.get_num_threads()
     return sorted({1, default})
+
+
+def machine() -> str:
+    """The CPU model, its core count and torch's version: ratios of different kernels depend on all three."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"

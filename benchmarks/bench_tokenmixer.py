@@ -21,6 +21,15 @@ runs, with one torch thread and with the default. Three ratios:
 * ``reused``: the same, both sides writing the batch into a buffer allocated once, which is
   what a caching allocator (CUDA's) gives.
 
+The ratios depend on the CPU, not only on the code: the loop's cost is elementwise (the
+authors' broadcast ``F.cosine_similarity`` writes an (N, M, D) product per sample), the
+vectorised rule's is the B x M x N x D multiply-adds of one batched matrix product, which no
+implementation of the rule in float32 can skip. So the script also times that product alone
+(``product ms``, with the GFLOP/s it reaches) and prints ``ceiling``: the loop's order time over
+the product's, the largest ``order`` ratio this CPU allows. The same code can meet the goal on
+one CPU and miss it on another (the loop ran about 1.7x faster on the AMD EPYC of a later session
+than on the Intel Xeon of an earlier one); the first line printed names the CPU.
+
 Run:
 
     .venv/bin/python benchmarks/bench_tokenmixer.py [--threads N] [--repeats R]
@@ -35,7 +44,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import best_time, thread_settings  # noqa: E402
+from _timing import best_time, machine, thread_settings  # noqa: E402
 
 from gpslib.comparison_only import cosine_reorder_per_token  # noqa: E402
 from gpslib.prompt_layout import take_rows  # noqa: E402
@@ -61,6 +70,11 @@ def authors_style(tokens: torch.Tensor, out: torch.Tensor | None = None) -> torc
 def vectorised_order(tokens: torch.Tensor) -> torch.Tensor:
     """The library's rule for the batch, on views of the merged sequence: (B, M+N) gather indices."""
     return cosine_reorder(tokens[:, :M], tokens[:, M:], THRESHOLD, "before")
+
+
+def product(tokens: torch.Tensor) -> torch.Tensor:
+    """The (B, N, M) text-by-image dot products alone: the work the rule cannot skip."""
+    return tokens[:, M:] @ tokens[:, :M].transpose(-1, -2)
 
 
 def vectorised(tokens: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -95,16 +109,18 @@ def main() -> None:
             and torch.equal(authors_style(tokens, slow_buffer), slow)):
         raise SystemExit("the vectorised sequences differ from the authors'-style loop's")
     moved = (vectorised_order(tokens) != torch.arange(M + N)).float().mean()
-    print(f"B={B} M={M} N={N} D={D} threshold={THRESHOLD}: {moved:.1%} of positions change; orders and sequences "
-          "identical")
-    print(f"{'threads':>7} | {'loop order ms':>13} | {'order ms':>8} | {'x':>6} | {'loop ms':>8} | {'fresh ms':>8} | "
-          f"{'x':>6} | {'loop reused':>11} | {'reused ms':>9} | {'x':>6}")
+    print(f"{machine()}\nB={B} M={M} N={N} D={D} threshold={THRESHOLD}: {moved:.1%} of positions change; orders "
+          "and sequences identical")
+    print(f"{'threads':>7} | {'loop order ms':>13} | {'order ms':>8} | {'x':>6} | {'product ms':>10} | {'GFLOP/s':>7} | "
+          f"{'ceiling':>7} | {'loop ms':>8} | {'fresh ms':>8} | {'x':>6} | {'loop reused':>11} | {'reused ms':>9} | "
+          f"{'x':>6}")
     speedups: dict[str, list[float]] = {"order": [], "fresh": [], "reused": []}
     for threads in thread_settings(args.threads):
         torch.set_num_threads(threads)
         loop_repeats = max(1, args.repeats // 2)
         t = {
             "order": best_time(lambda: vectorised_order(tokens), args.repeats),
+            "product": best_time(lambda: product(tokens), args.repeats),
             "fresh": best_time(lambda: vectorised(tokens), args.repeats),
             "reused": best_time(lambda: vectorised(tokens, fast_buffer), args.repeats),
             "loop order": best_time(lambda: loop_orders(tokens), loop_repeats),
@@ -114,9 +130,12 @@ def main() -> None:
         for kind in speedups:
             speedups[kind].append(t[f"loop {kind}"] / t[kind])
         ms = {k: v * 1e3 for k, v in t.items()}
+        gflops = 2 * B * M * N * D / t["product"] / 1e9
         print(f"{threads:>7} | {ms['loop order']:13.1f} | {ms['order']:8.2f} | {speedups['order'][-1]:5.1f}x | "
-              f"{ms['loop fresh']:8.1f} | {ms['fresh']:8.2f} | {speedups['fresh'][-1]:5.1f}x | "
+              f"{ms['product']:10.2f} | {gflops:7.1f} | {t['loop order'] / t['product']:6.1f}x | {ms['loop fresh']:8.1f} | {ms['fresh']:8.2f} | {speedups['fresh'][-1]:5.1f}x | "
               f"{ms['loop reused']:11.1f} | {ms['reused']:9.2f} | {speedups['reused'][-1]:5.1f}x")
+    print("'product ms': the (N, M) dot products alone; 'ceiling': loop order ms / product ms, the most 'order' can "
+          "reach on this CPU")
     print("'order ms': the rule alone; 'fresh ms' / 'reused ms': the reorder cost per batch of 8 at the paper's "
           "geometry (order + reordered batch), into a new tensor / into a buffer allocated once")
     for kind, values in speedups.items():

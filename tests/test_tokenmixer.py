@@ -7,6 +7,7 @@ from gpslib.comparison_only import cosine_reorder_per_token
 from gpslib.tokenmixer import (
     cosine_assignment,
     cosine_reorder,
+    cosine_similarity_matrix,
     grounding_scores,
     grouped_order,
     random_assignment_like,
@@ -66,6 +67,17 @@ def test_vectorised_reorder_equals_the_authors_per_token_loop(placement, thresho
         image, text = _embeds(seed, 12, 8), _embeds(100 + seed, n, 8)
         expected = cosine_reorder_per_token(image, text, threshold, placement)
         assert torch.equal(cosine_reorder(image, text, threshold, placement), expected), seed
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_similarity_matrix_is_image_by_text_cosine_of_every_pair(dtype):
+    g = torch.Generator().manual_seed(3)
+    image, text = torch.randn(2, 7, 16, generator=g, dtype=dtype), torch.randn(2, 5, 16, generator=g, dtype=dtype)
+    sim = cosine_similarity_matrix(image, text)
+    want = torch.nn.functional.cosine_similarity(image[:, :, None], text[:, None], dim=-1, eps=1e-8)
+    assert sim.shape == (2, 7, 5) and sim.dtype == dtype
+    torch.testing.assert_close(sim, want, rtol=0, atol=1e-6 if dtype == torch.float32 else 1e-12)
+    assert torch.equal(sim.argmax(-1), want.argmax(-1))
 
 
 def test_threshold_no_token_reaches_leaves_image_first_order():
