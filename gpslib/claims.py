@@ -27,6 +27,7 @@ from typing import Callable
 import pandas as pd
 
 from gpslib import paper
+from gpslib.atomic_files import atomic_write_text
 from gpslib.run_profiles import model_label
 
 __all__ = ["VERDICTS", "Claim", "CLAIMS", "claims_table", "interval_verdict", "update_readme"]
@@ -218,8 +219,6 @@ def update_readme(table: pd.DataFrame, readme: str | Path) -> None:
     The block between ``<!-- claims:start -->`` and ``<!-- claims:end -->`` is generated; the
     rest of the file is left as it is. Raises ValueError when the markers are missing.
     """
-    from gpslib.atomic_files import atomic_write_text
-
     readme = Path(readme)
     text = readme.read_text(encoding="utf-8")
     if README_START not in text or README_END not in text:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from gpslib.figures import repo_root
+
 __all__ = ["HISTORY_CSV", "PROVENANCE_JSON", "SINKHORN_CSV", "load_paper_size_results"]
 
 HISTORY_CSV = "gps_paper_profile_history.csv"
@@ -53,8 +55,6 @@ def load_paper_size_results(folder: str | Path | None = None) -> tuple[dict | No
         notebook to print.
     """
     if folder is None:
-        from gpslib.figures import repo_root
-
         folder = repo_root() / "figures"
     folder = Path(folder)
     prov_path = folder / PROVENANCE_JSON
