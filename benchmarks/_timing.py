@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from typing import Callable
 
 import torch
+
+from gpslib.manifest import device_info
 
 __all__ = ["best_time", "thread_settings", "machine"]
 
@@ -33,11 +33,9 @@ def thread_settings(only: int | None = None) -> list[int]:
 
 
 def machine() -> str:
-    """The CPU model, its core count and torch's version: ratios of different kernels depend on all three."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
+    """The CPU model (as the figures' manifest records it), its core count and torch's version.
+
+    Ratios of different kernels depend on all three.
+    """
+    info = device_info()
+    return f"{info['cpu']}, {info['cpu_count']} cores, torch {torch.__version__}"
