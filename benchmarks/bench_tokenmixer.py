@@ -73,8 +73,8 @@ def vectorised_order(tokens: torch.Tensor) -> torch.Tensor:
 
 
 def product(tokens: torch.Tensor) -> torch.Tensor:
-    """The (B, N, M) text-by-image dot products alone: the work the rule cannot skip."""
-    return tokens[:, M:] @ tokens[:, :M].transpose(-1, -2)
+    """The (B, M, N) image-by-text dot products alone, as the library computes them: the work the rule cannot skip."""
+    return tokens[:, :M] @ tokens[:, M:].transpose(-1, -2)
 
 
 def vectorised(tokens: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -134,7 +134,7 @@ def main() -> None:
         print(f"{threads:>7} | {ms['loop order']:13.1f} | {ms['order']:8.2f} | {speedups['order'][-1]:5.1f}x | "
               f"{ms['product']:10.2f} | {gflops:7.1f} | {t['loop order'] / t['product']:6.1f}x | {ms['loop fresh']:8.1f} | {ms['fresh']:8.2f} | {speedups['fresh'][-1]:5.1f}x | "
               f"{ms['loop reused']:11.1f} | {ms['reused']:9.2f} | {speedups['reused'][-1]:5.1f}x")
-    print("'product ms': the (N, M) dot products alone; 'ceiling': loop order ms / product ms, the most 'order' can "
+    print("'product ms': the (M, N) dot products alone; 'ceiling': loop order ms / product ms, the most 'order' can "
           "reach on this CPU")
     print("'order ms': the rule alone; 'fresh ms' / 'reused ms': the reorder cost per batch of 8 at the paper's "
           "geometry (order + reordered batch), into a new tensor / into a buffer allocated once")
