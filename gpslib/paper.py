@@ -2,7 +2,8 @@
 
 Every "paper vs ours" table joins against this module, so no notebook types a
 paper number by hand. Each entry names where in the paper it comes from
-(Zhang & Zhu, "GPS: Gumbel Permutation Sinkformer ...", ``shared/paper``).
+(Zhang & Zhu, "GPS: Gumbel Permutation Sinkformer for Unified Multimodal Encoder ... with
+Similarity-based Tokens Grouping"; the README names it).
 Numbers from other papers are kept here too, each with its citation.
 """
 
@@ -132,8 +133,8 @@ GPS_CLAIM: dict[str, object] = {
 # (28x28 digits, 112x28 number images), their task, not ours (see
 # gpslib.digits_sorting.PROTOCOL_DIFFERENCES). method -> metric -> n -> value; "exact"
 # is the fraction of sequences sorted entirely right, "elementwise" the fraction of
-# positions right (their "partial" in parentheses). Checked against Table 1
-# (shared/REFERENCES.md).
+# positions right (their "partial" in parentheses). Checked against their Table 1
+# (Grover, Wang, Zweig, Ermon, ICLR 2019, arXiv:1903.08850).
 NEURALSORT_TABLE1: dict[str, dict[str, dict[int, float]]] = {
     "Gumbel-Sinkhorn": {
         "exact": {3: 0.484, 5: 0.033, 7: 0.001, 9: 0.0, 15: 0.0},
