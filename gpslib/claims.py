@@ -35,6 +35,9 @@ __all__ = ["VERDICTS", "Claim", "CLAIMS", "claims_table", "interval_verdict", "u
 README_START, README_END = "<!-- claims:start -->", "<!-- claims:end -->"
 
 VERDICTS = ("reproduced", "not reproduced", "contradicted", "not testable here")
+# "few tokens move" (Section 4.4) read as: under this fraction of the image tokens reach tau_align.
+# One base model on an Intel Xeon moved 8.3%, the same recipe on an AMD EPYC 10.1%: hence the interval.
+FEW_TOKENS = 0.1
 
 
 @dataclass(frozen=True)
@@ -82,12 +85,13 @@ def _rope_far(folder: Path):
 
 
 def _few_tokens(folder: Path):
-    t = _read(folder, "table_tokenmixer_sweep").set_index("threshold")
-    moved = float(t.loc[paper.SIMILARITY_THRESHOLD, "moved"])
-    verdict = "reproduced" if moved < 0.1 else "not reproduced"
+    row = _read(folder, "table_tokenmixer_sweep").set_index("threshold").loc[paper.SIMILARITY_THRESHOLD]
+    moved, low, high = (float(row[c]) for c in ("moved", "moved ci_low", "moved ci_high"))
+    verdict = "reproduced" if high < FEW_TOKENS else "not reproduced"
     return (f"similarities mostly below {paper.SIMILARITY_THRESHOLD}; few tokens move",
-            f"{moved:.1%} of image tokens reach {paper.SIMILARITY_THRESHOLD}", verdict,
-            "rule: 'few' means under 10% of the image tokens; a different model (ours is the embedded one)")
+            f"{moved:.1%} [{low:.1%}, {high:.1%}] of image tokens reach {paper.SIMILARITY_THRESHOLD}", verdict,
+            f"rule: 'few' means under {FEW_TOKENS:.0%} of the image tokens, the whole 95% interval over the prompts "
+            "below it; a different model (ours is the embedded one)")
 
 
 def _figure5(folder: Path):

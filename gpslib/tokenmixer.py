@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from gpslib.intervals import bootstrap_ci
+
 __all__ = [
     "PLACEMENTS",
     "check_threshold",
@@ -243,7 +245,10 @@ def threshold_sweep(image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_
     text_object (B, N) as :func:`grounding_scores` takes them. Returns a DataFrame indexed by
     threshold with the fraction moved, precision and recall, and ``random precision``: the
     precision of as many tokens moved to random words (:func:`random_assignment_like`, seeds
-    ``seed + row``), the floor a similarity with no grounding in it reaches.
+    ``seed + row``), the floor a similarity with no grounding in it reaches. ``moved ci_low`` /
+    ``moved ci_high``: the 95% percentile-bootstrap interval of the fraction moved over the
+    prompts (rows resampled, :func:`gpslib.intervals.bootstrap_ci` with ``seed``): the tokens of
+    one prompt move together, so the prompts, not the tokens, are the independent draws.
     """
     import pandas as pd
 
@@ -254,6 +259,8 @@ def threshold_sweep(image_embeds: torch.Tensor, text_embeds: torch.Tensor, text_
         assignment, _ = cosine_assignment(image_embeds, text_embeds, th, text_mask)
         scores = grounding_scores(assignment, image_object, text_object)
         random = grounding_scores(random_assignment_like(assignment, n_text, seeds), image_object, text_object)
-        records.append({"threshold": float(th), "moved": scores["moved"], "precision": scores["precision"],
-                        "recall": scores["recall"], "random precision": random["precision"]})
+        _, low, high = bootstrap_ci((assignment >= 0).double().mean(-1).tolist(), seed=seed)  # per prompt
+        records.append({"threshold": float(th), "moved": scores["moved"], "moved ci_low": low, "moved ci_high": high,
+                        "precision": scores["precision"], "recall": scores["recall"],
+                        "random precision": random["precision"]})
     return pd.DataFrame(records).set_index("threshold")

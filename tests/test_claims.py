@@ -71,3 +71,15 @@ def test_the_readme_block_is_replaced_between_its_markers_only(tmp_path):
     bare.write_text("no markers here\n")
     with pytest.raises(ValueError, match="markers"):
         claims.update_readme(table, bare)
+
+
+@pytest.mark.parametrize("moved, low, high, verdict", [(0.083, 0.06, 0.095, "reproduced"),
+                                                       (0.083, 0.06, 0.11, "not reproduced"),
+                                                       (0.101, 0.08, 0.12, "not reproduced")])
+def test_few_tokens_move_only_when_the_whole_interval_is_under_the_rule(tmp_path, moved, low, high, verdict):
+    _write(tmp_path, "table_tokenmixer_sweep", pd.DataFrame({
+        "threshold": [0.05, paper.SIMILARITY_THRESHOLD], "moved": [0.5, moved], "moved ci_low": [0.4, low],
+        "moved ci_high": [0.6, high], "precision": [0.3, 0.4], "recall": [0.2, 0.1], "random precision": [0.1, 0.1]}))
+    row = claims.claims_table(tmp_path, "cpu").set_index("claim").loc[
+        "image-text similarities mostly below tau_align = 0.1: few tokens move"]
+    assert row["verdict"] == verdict and row["ours"] == f"{moved:.1%} [{low:.1%}, {high:.1%}] of image tokens reach 0.1"

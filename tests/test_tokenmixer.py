@@ -171,3 +171,16 @@ def test_threshold_sweep_counts_moves_and_right_moves_per_threshold():
     assert sweep.loc[0.999, "moved"] == pytest.approx(2 / 3)  # the third patch's best similarity is 0.995
     assert sweep.loc[1.0, "moved"] == pytest.approx(2 / 3) and sweep.loc[-1.0, "recall"] == 1.0
     assert 0.0 <= sweep.loc[-1.0, "random precision"] <= 1.0
+
+
+def test_threshold_sweep_gives_the_fraction_moved_an_interval_over_the_prompts():
+    g = torch.Generator().manual_seed(0)
+    image, text = torch.randn(12, 6, 8, generator=g), torch.randn(12, 4, 8, generator=g)
+    mask = torch.ones(12, 4, dtype=torch.bool)
+    objects_i, objects_t = torch.zeros(12, 6, dtype=torch.long), torch.zeros(12, 4, dtype=torch.long)
+    sweep = threshold_sweep(image, text, mask, objects_i, objects_t, [-1.0, 0.3, 1.0])
+    assert (sweep["moved ci_low"] <= sweep["moved"]).all() and (sweep["moved"] <= sweep["moved ci_high"]).all()
+    assert sweep.loc[0.3, "moved ci_low"] < sweep.loc[0.3, "moved ci_high"]  # prompts differ: a real width
+    for th, everything in ((-1.0, 1.0), (1.0, 0.0)):  # every token moves / none does: no width to it
+        assert sweep.loc[th, ["moved", "moved ci_low", "moved ci_high"]].tolist() == [everything] * 3
+    assert threshold_sweep(image, text, mask, objects_i, objects_t, [0.3]).equals(sweep.loc[[0.3]])  # seeded
