@@ -155,6 +155,25 @@ def test_the_readme_block_of_notebook_times_comes_from_the_report_and_leaves_the
     assert "old" not in text and "2 CPU cores" in text
     assert "| 00_a | cpu | 1 min 15 s | 2025-01-01 00:01 | `0123456789` | 1.5 / 2.2 / 3.0 |" in text
     assert "| 01_b | cpu | 1 h 02 min |" in text and "| **all** | | **1 h 03 min** |" in text
+    assert "sum of the rows" not in text  # one commit: the sum is one run's time
+
+
+def test_the_readme_times_say_when_the_rows_come_from_runs_of_several_commits(tmp_path):
+    for name, commit in (("00_a", "0123456789abcdef"), ("01_b", "fedcba9876543210")):
+        _executed_notebook(tmp_path / f"{name}.ipynb")
+        run = {"notebook": f"{name}.ipynb", "profile": "cpu", "finished_at": "2025-01-01T00:01:00+00:00",
+               "wall_time_s": 60.0, "git": {"commit": commit}, "device": {"cpu_count": 2}, "files": []}
+        mf.publish_report(tmp_path / f"{name}.ipynb", tmp_path / "report", run, tmp_path / "figures")
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- times:start -->\n<!-- times:end -->\n")
+    mf.update_readme_times(readme, tmp_path / "report")
+    text = readme.read_text()
+    assert "| **sum of the rows** (runs of 2 commits) | | **2 min 00 s** |" in text and "**all**" not in text
+    assert "(`0123456789`, `fedcba9876`)" in text
+
+
+def test_update_readme_times_names_the_missing_markers(tmp_path):
+    readme = tmp_path / "README.md"
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="times:start"):
         mf.update_readme_times(readme, tmp_path / "report")
