@@ -44,7 +44,6 @@ from transformers.conversion_mapping import (
     get_checkpoint_conversion_mapping,
     register_checkpoint_conversion_mapping,
 )
-from transformers.utils import ModelOutput
 
 from gpslib.chat_format import assistant_separator_ids
 from gpslib.gps import GumbelPermutationSinkformer
@@ -75,17 +74,6 @@ class ReorderedInputs:
     order: torch.Tensor | None
     perm_matrix: torch.Tensor | None
     layout: PromptLayout
-
-
-def _prepend_prompt(out, input_ids: torch.Tensor):
-    """transformers' convention: the prompt ids before the new tokens (also in a generate output object)."""
-    sequences = out.sequences if isinstance(out, ModelOutput) else out
-    prompt = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
-    full = torch.cat([prompt.to(sequences.device), sequences], dim=1)
-    if isinstance(out, ModelOutput):
-        out.sequences = full
-        return out
-    return full
 
 
 class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
@@ -301,8 +289,11 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         r = self.reorder_inputs(input_ids, pixel_values, attention_mask, None, reorder_assignment)
         if kwargs.get("position_ids") is None:
             kwargs["position_ids"] = r.position_ids
-        out = super().generate(inputs_embeds=r.inputs_embeds, attention_mask=r.attention_mask, **kwargs)
-        return _prepend_prompt(out, input_ids)
+        # the caller's ids beside the reordered embeddings: generate starts its sequences with them
+        # (prompt + new tokens, as plain Llava returns) and its logits processors (repetition
+        # penalty, n-gram bans) see the prompt, as they do in plain Llava; the first step reads the embeddings
+        return super().generate(input_ids=input_ids, inputs_embeds=r.inputs_embeds, attention_mask=r.attention_mask,
+                                **kwargs)
 
 
 def _register() -> None:

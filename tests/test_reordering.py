@@ -240,6 +240,24 @@ def test_generate_options_work_for_every_strategy(reordering_model, gen_batch, r
     assert torch.equal(beams[::2, :t], batch["input_ids"])
 
 
+@torch.no_grad()
+def test_logits_processors_see_the_prompt_as_in_plain_llava(plain, reordering_model, processor, gen_batch):
+    # An image-first prompt that cosine at threshold 1.0 leaves as it is: the logits equal plain
+    # Llava's, so the processed scores must too. A repetition penalty and an n-gram ban act on the
+    # prompt's ids; had generate started its sequences without them, the scores would differ.
+    model = reordering_model("cosine", threshold=1.0)
+    tok = processor.tokenizer
+    text = tok(" What colour is the circle? ASSISTANT:", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([[tok.bos_token_id] + [model.config.image_token_id] * model.config.image_seq_length + text])
+    inputs = {"input_ids": ids, "pixel_values": gen_batch["pixel_values"][:1]}
+    for options in ({"repetition_penalty": 50.0}, {"no_repeat_ngram_size": 1}):
+        kw = dict(max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_scores=True, **options)
+        ours, theirs = model.generate(**inputs, **kw), plain.generate(**inputs, **kw)
+        assert torch.equal(ours.sequences, theirs.sequences), options
+        for step, (a, b) in enumerate(zip(ours.scores, theirs.scores)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4, msg=f"{options} step {step}")
+
+
 @pytest.mark.parametrize("reorder", ["none", "cosine", "oracle"])
 @torch.no_grad()
 def test_left_padded_generation_equals_per_sample_generation(reordering_model, gen_batch, reorder):
