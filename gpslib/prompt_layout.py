@@ -6,8 +6,12 @@ the ids (CPU or CUDA alike). :func:`prompt_layout` finds, in each row of a batch
 * the **prompt**: from the first real token up to and including the first assistant
   separator (``ASSISTANT:``, :func:`gpslib.chat_format.assistant_separator_ids`) found in
   ``input_ids``. Everything after it (the answer, further turns, padding) stays in place.
-  Labels are only a cross-check: labels on image tokens raise ValueError; labels on prompt
-  text (as TRL's SFTTrainer collators write them) are allowed and move with their tokens;
+  Labels are only a cross-check: labels on prompt text (as TRL's SFTTrainer collators write
+  them) are allowed and move with their tokens. An image token may carry only
+  ``IGNORE_INDEX`` or its own id (TRL's vision collator copies ``input_ids`` into the labels
+  and masks only padding, leaving "their handling in loss computation" to the model: the
+  reordering model ignores them, :func:`ignore_image_label_copies`); any other label on an image
+  token raises ValueError;
 * the **image tokens**: every real ``<image>`` token, in order (placeholder k holds the k-th
   projected image feature of its sample, as transformers' ``masked_scatter`` places them);
   they must lie in the prompt;
@@ -28,7 +32,7 @@ import torch
 
 from gpslib.chat_format import IGNORE_INDEX
 
-__all__ = ["PromptLayout", "prompt_layout", "check_feature_rows", "take_rows"]
+__all__ = ["PromptLayout", "prompt_layout", "ignore_image_label_copies", "check_feature_rows", "take_rows"]
 
 
 @dataclass(frozen=True)
@@ -123,9 +127,13 @@ def prompt_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, 
     if bool(late.any()):
         raise ValueError(f"sample {int(late.any(1).nonzero()[0])} has image tokens after its assistant separator; "
                          f"the image must be in the first prompt")
-    if labels is not None and bool(((labels != IGNORE_INDEX) & image).any()):
-        row = int(((labels != IGNORE_INDEX) & image).any(1).nonzero()[0])
-        raise ValueError(f"labels of sample {row} cover image tokens; image tokens must have label {IGNORE_INDEX}")
+    if labels is not None:
+        targets = image & (labels != IGNORE_INDEX) & (labels != image_token_id)
+        if bool(targets.any()):
+            row = int(targets.any(1).nonzero()[0])
+            raise ValueError(f"labels of sample {row} cover image tokens with targets "
+                             f"{sorted(set(labels[row][targets[row]].tolist()))[:5]}; an image token's label must be "
+                             f"{IGNORE_INDEX} or its own id {image_token_id} (as TRL's vision collator leaves it)")
     first = real.long().argmax(dim=1, keepdim=True)  # (B, 1) first real token
     bos = (pos == first) & (input_ids == bos_token_id) if bos_token_id is not None else torch.zeros_like(real)
     text = real & (pos < end[:, None]) & ~image & ~bos
@@ -154,6 +162,18 @@ def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     b, t, d = x.shape
     rows = index + torch.arange(b, device=index.device)[:, None] * t  # (B, K) rows of x.reshape(B*T, D)
     return x.reshape(b * t, d).index_select(0, rows.reshape(-1)).view(b, index.shape[1], d)
+
+
+def ignore_image_label_copies(input_ids: torch.Tensor, labels: torch.Tensor, image_token_id: int) -> torch.Tensor:
+    """``labels`` (B, T) with ``IGNORE_INDEX`` where an image token carries its own id (a new tensor).
+
+    TRL's vision collator copies ``input_ids`` into the labels and masks only padding, leaving
+    the image tokens' "handling in loss computation" to the model. No token should be trained
+    to predict an ``<image>`` placeholder (and once a prompt is reordered they sit among the
+    words), so the reordering model ignores these copies under every strategy. Other labels on
+    image tokens are left for :func:`prompt_layout` to reject.
+    """
+    return labels.masked_fill((input_ids == image_token_id) & (labels == image_token_id), IGNORE_INDEX)
 
 
 def check_feature_rows(rows: int, n_image: int) -> None:

@@ -48,7 +48,7 @@ from transformers.conversion_mapping import (
 from gpslib.chat_format import assistant_separator_ids
 from gpslib.gps import GumbelPermutationSinkformer
 from gpslib.positions import position_ids as compute_position_ids
-from gpslib.prompt_layout import PromptLayout, check_feature_rows, prompt_layout, take_rows
+from gpslib.prompt_layout import PromptLayout, check_feature_rows, ignore_image_label_copies, prompt_layout, take_rows
 from gpslib.reordering_config import ReorderingLlavaConfig, reordering_config
 from gpslib.sinkhorn import perm_matrix_to_order
 from gpslib.tokenmixer import cosine_assignment, grouped_order, random_assignment_like
@@ -161,11 +161,15 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         """Merge the image features, order each prompt by the strategy, give it its positions.
 
         input_ids (B, T); pixel_values (B, C, H, W); attention_mask (B, T) (default all ones);
-        labels (B, T) or None; reorder_assignment (B, M) for ``"oracle"``.
+        labels (B, T) or None (an image token's own id as its label is ignored,
+        :func:`gpslib.prompt_layout.ignore_image_label_copies`); reorder_assignment (B, M) for
+        ``"oracle"``.
         """
         config = self.config
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if labels is not None:
+            labels = ignore_image_label_copies(input_ids, labels, config.image_token_id)
         parts = self.prompt_embeddings(input_ids, pixel_values, attention_mask, labels)
         layout, embeds = parts["layout"], parts["inputs_embeds"]
         image, text = parts["image_embeds"], parts["text_embeds"]
@@ -260,8 +264,12 @@ class ReorderingLlavaForConditionalGeneration(LlavaForConditionalGeneration):
                 reorder_assignment: torch.Tensor | None = None, **kwargs):
         """As ``LlavaForConditionalGeneration.forward``; with pixel values, the prompt is reordered
         and positioned first (unless the strategy is ``"none"`` with default positions).
-        Decoding steps (no pixel values) pass straight through."""
+        Decoding steps (no pixel values) pass straight through. An image token's own id as its
+        label (TRL's vision collator leaves it there) is ignored under every strategy
+        (:func:`gpslib.prompt_layout.ignore_image_label_copies`), so losses compare across them."""
         if pixel_values is None or self._plain():
+            if labels is not None and input_ids is not None:
+                labels = ignore_image_label_copies(input_ids, labels, self.config.image_token_id)
             return super().forward(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask,
                                    labels=labels, **kwargs)
         if input_ids is None:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpslib.prompt_layout import prompt_layout, take_rows
+from gpslib.prompt_layout import ignore_image_label_copies, prompt_layout, take_rows
 from gpslib.tokenmixer import grouped_order
 
 IMG, BOS, PAD, S1, S2 = 9, 1, 0, 3, 4
@@ -88,11 +88,21 @@ def test_sequence_order_writes_the_local_order_into_the_slots():
     (torch.tensor([[BOS, IMG, 5, S1, S2, PAD]]), torch.tensor([[1, 1, 1, 1, 0, 0]]), None, "no assistant separator"),
     (torch.tensor([[BOS, IMG, S1, S2, IMG]]), None, None, "after its assistant separator"),
     (torch.tensor([[BOS, IMG, S1, S2], [BOS, IMG, IMG, S1]]), None, None, "different image token counts|separator"),
-    (torch.tensor([[BOS, IMG, 5, S1, S2]]), None, torch.tensor([[-100, IMG, 5, S1, S2]]), "cover image tokens"),
+    (torch.tensor([[BOS, IMG, 5, S1, S2]]), None, torch.tensor([[-100, 5, 5, S1, S2]]), "cover image tokens"),
 ])
 def test_bad_prompts_raise_value_errors_naming_the_sample(ids, mask, labels, match):
     with pytest.raises(ValueError, match=match):
         prompt_layout(ids, mask, IMG, BOS, SEP, labels)
+
+
+def test_an_image_token_may_carry_its_own_id_as_label_and_the_copies_are_ignored():
+    ids = torch.tensor([[BOS, IMG, 5, S1, S2, 7]])
+    trl = ids.clone()  # TRL's vision collator: input_ids as labels, padding masked
+    layout = prompt_layout(ids, None, IMG, BOS, SEP, trl)
+    assert layout.image_pos.tolist() == [[1]]
+    assert ignore_image_label_copies(ids, trl, IMG).tolist() == [[BOS, -100, 5, S1, S2, 7]]
+    other = trl.masked_fill(ids == 5, IMG)  # a word labelled with the image id stays: only image tokens' copies go
+    assert ignore_image_label_copies(ids, other, IMG).tolist() == [[BOS, -100, IMG, S1, S2, 7]]
 
 
 def test_the_layout_runs_on_the_device_of_the_ids():

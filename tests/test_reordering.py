@@ -309,25 +309,47 @@ def test_the_image_text_to_text_pipeline_answers_what_the_models_generate_answer
 
 
 # ---------------------------------------------------------------------------- the end of the prompt
+def _trl_labels(batch):
+    """Labels as TRL's DataCollatorForVisionLanguageModeling writes them for conversational data:
+    ``input_ids`` with only the padding set to -100 (its vision tokens "are left unchanged")."""
+    return batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+
+
 @torch.no_grad()
 def test_trl_style_labels_reorder_exactly_like_gpslib_collator_labels(reordering_model, train_batch):
     model = reordering_model("cosine", threshold=0.0)
     batch = strip(train_batch)
+    trl = _trl_labels(batch)
     image = batch["input_ids"] == model.config.image_token_id
-    trl = batch["input_ids"].masked_fill((batch["attention_mask"] == 0) | image, -100)  # as TRL's collators label
+    assert bool((trl[image] == model.config.image_token_id).all())  # TRL leaves the image ids as labels
     ours = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], batch["labels"])
     theirs = model.reorder_inputs(batch["input_ids"], batch["pixel_values"], batch["attention_mask"], trl)
     assert torch.equal(ours.order, theirs.order) and torch.equal(ours.inputs_embeds, theirs.inputs_embeds)
-    assert torch.equal(theirs.labels, trl.gather(1, theirs.order))  # labels move with their tokens
+    # text labels move with their tokens; the image tokens' copies of their ids are ignored
+    assert torch.equal(theirs.labels, trl.masked_fill(image, -100).gather(1, theirs.order))
     moved = (ours.order != torch.arange(ours.order.shape[1])).sum()
     assert moved > 0
 
 
+@pytest.mark.parametrize("reorder", ["none", "cosine"])
+@torch.no_grad()
+def test_image_token_ids_as_labels_are_ignored_under_every_strategy(reordering_model, train_batch, reorder):
+    model = reordering_model(reorder, threshold=0.0)
+    batch = strip(train_batch)
+    trl = _trl_labels(batch)
+    masked = trl.masked_fill(batch["input_ids"] == model.config.image_token_id, -100)
+    loss_trl, loss_masked = model(**dict(batch, labels=trl)).loss, model(**dict(batch, labels=masked)).loss
+    assert torch.equal(loss_trl, loss_masked)
+    assert not torch.equal(loss_masked, model(**batch).loss)  # the prompt's text labels do count
+
+
 def test_labels_that_cover_image_tokens_raise_value_error(reordering_model, train_batch):
     model = reordering_model("cosine")
-    labels = train_batch["input_ids"].masked_fill(train_batch["attention_mask"] == 0, -100)
-    with pytest.raises(ValueError, match="cover image tokens"):
-        model(**dict(strip(train_batch), labels=labels))
+    batch = strip(train_batch)
+    image = batch["input_ids"] == model.config.image_token_id
+    labels = _trl_labels(batch).masked_fill(image, 5)  # image tokens trained towards a word
+    with pytest.raises(ValueError, match="cover image tokens with targets \\[5\\]"):
+        model(**dict(batch, labels=labels))
 
 
 def test_prompts_without_image_or_separator_raise_value_errors(reordering_model, processor, gen_batch):
