@@ -1,4 +1,4 @@
-"""Rerun base-model trials (issue 11 item 1) and append them to records/base_model_trials.csv.
+"""Rerun the trials for a base model that sees, and append them to records/base_model_trials.csv.
 
 Each trial trains the profile's image-first base model with some PretrainConfig settings
 changed and scores it on the same ShapesVQA test questions (gpslib.base_model_trials). The
@@ -6,7 +6,7 @@ default trials are the steps to the recipe the cpu profile uses, and two variant
 
 Recorded as rerun-<name> (rerun-baseline is their baseline in notebook 00's table):
 
-    baseline            vision_steps 0,    question_mix uniform   (the recipe before issue 11)
+    baseline            vision_steps 0,    question_mix uniform   (the recipe before the trials)
     vision_pretraining  vision_steps 1000, question_mix uniform
     recipe              vision_steps 1000, question_mix 1,2,1,1,2,2,1  (the cpu profile's before the
                         grounding loss)

@@ -1,4 +1,4 @@
-"""Batched generation against a per-sample loop, for evaluation (issue 6: goal >= 4x at batch 16).
+"""Batched generation against a per-sample loop, for evaluation (goal: >= 4x faster at batch 16).
 
 Both decode the same 16 held-out ShapesVQA prompts greedily with the embedded base model
 (random weights of its architecture if the trained one is not cached; speed does not depend

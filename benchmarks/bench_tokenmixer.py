@@ -1,6 +1,6 @@
 """TokenMixer speed at the paper's geometry: the batched torch path against the authors'-style loop.
 
-Goal (issue 12): the vectorised reordering at least 100x faster than the authors'-style
+Goal: the vectorised reordering at least 100x faster than the authors'-style
 per-sample loop at B = 8, M = 576, N = 50, D = 2048; and the reorder cost per batch in ms.
 Both sides start from the merged sequence (B, M + N, D), image tokens first, as the model holds
 it after LLaVA has placed the image features, and both end with the reordered batch (B, M + N,
@@ -11,8 +11,8 @@ D) the language model reads. The vectorised side is the library's own path:
 by token, and the batch stacked. Both give the same sequences (checked). Best of ``--repeats``
 runs, with one torch thread and with the default. Three ratios:
 
-* ``order``: the rule alone, :func:`cosine_reorder` against the loop's order (the goal as issue
-  5 first set it, which issue 12 asks to keep);
+* ``order``: the rule alone, :func:`cosine_reorder` against the loop's order (the goal as it was
+  first set, before it covered the whole reordering, and still kept);
 * ``fresh``: the whole reordering, the batch written into a new tensor. At this geometry it is
   41 MB, above glibc's 32 MB ``mmap`` cap, so on a CPU every call maps fresh pages and pays a
   page fault per 4 kB: about half of this side's time (the row gather takes ~25 ms into a new

@@ -1,4 +1,4 @@
-"""What makes a GPS fine-tuning seed diverge: variants x seeds against main's code (issue 15 item 1).
+"""What makes a GPS fine-tuning seed diverge: variants x seeds against main's code.
 
 Every variant of :data:`gpslib.gps_divergence.VARIANTS` (hard permutation from step 0, Gumbel
 noise, Xavier initialisation, alpha, the Sinkformer's learning rate, the mixed base model)

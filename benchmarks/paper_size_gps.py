@@ -1,4 +1,4 @@
-"""Figure 5 at the paper's size, and Sinkhorn at N = 2048, on one CUDA GPU (issue 15, item 3).
+"""Figure 5 at the paper's size, and Sinkhorn at N = 2048, on one CUDA GPU.
 
 Two parts, run in this order, each stopped cleanly by a time budget:
 

@@ -1,9 +1,9 @@
 """The answer grounding loss: one attention head is told where the objects a question names are.
 
-Why (issue 11, item 1; notebook 00): trained on the language loss alone, the embedded base model
-learns to *retrieve* (the shape of the red object: 0.945 of the test questions in the record's
-``rerun-recipe``) but never to
-*detect*: it gives one answer to every existence and relation question and answers "zero" to
+Why (the search for a base model that sees; notebook 00): trained on the language loss alone,
+the embedded base model learns to *retrieve* (the shape of the red object: 0.945 of the test
+questions in the record's ``rerun-recipe``) but never to *detect*: it gives one answer to every
+existence and relation question and answers "zero" to
 every count of a named colour or shape. Whether "a red square" is in the image depends on the
 image only through an interaction of the question's words with the patches (some patch is red
 *and* square): at the start of training neither the attention that would find that patch nor

@@ -1,4 +1,4 @@
-"""Why some GPS fine-tuning seeds diverge (issue 15 item 1; paper Section 4.4, Table 3's gps row).
+"""Why some GPS fine-tuning seeds diverge (paper Section 4.4, Table 3's gps row).
 
 A GPS run diverged when its best validation loss exceeds :data:`gpslib.table3.DIVERGENCE_FACTOR`
 (1.5) times that of ``"none"`` trained with the same seed and base model. Each

@@ -1,4 +1,4 @@
-"""What produced each published file: the manifest of figures/ and the rendered report (issue 14).
+"""What produced each published file: the manifest of figures/ and the rendered report.
 
 ``run_all.sh`` calls ``python -m gpslib.manifest publish ...`` once a notebook's files are
 moved into the publish folder (``figures/``, or ``runs/smoke/figures/`` for smoke):

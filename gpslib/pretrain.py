@@ -23,7 +23,8 @@ Two base models per profile (:data:`BASE_MODELS`, settings in ``gpslib.run_profi
 * ``"mixed"``: the image-first model trained further on every layout the notebooks evaluate
   (:data:`gpslib.reordering_config.LAYOUTS`: none, oracle, cosine, random, V2PE, CCA) and on
   position gaps drawn from [0, ``max_gap``] (:func:`layout_for_step`), so that no distance or
-  layout it is tested on is new to it (issue 11's confound-free arm).
+  layout it is tested on is new to it: the base of the Table 3 arms free of the confound of an
+  unfamiliar order (:mod:`gpslib.table3`).
 
 A model is saved as a plain ``LlavaForConditionalGeneration`` (model, processor,
 ``history.csv``, ``train_info.json``) into :func:`embedded_cache_dir`, whose name hashes the
@@ -213,7 +214,7 @@ def pretrain_vision_tower(model, processor, config: PretrainConfig, seed: int, p
 
     TinyLLaVA's vision tower comes pretrained (CLIP); the embedded model's starts from random
     weights, and trained only through the language loss it learnt colour late and shape not at
-    all (shape questions at chance; issue 11). Here every patch of a fresh ShapesVQA training
+    all (shape questions at chance). Here every patch of a fresh ShapesVQA training
     image (its own seed, ``seed + 2000``) is labelled with the shape, colour and size of the
     object covering it (or "background"), and three linear heads on the features the projector
     reads (``vision_feature_layer``, CLS dropped) are trained with the tower by AdamW (``lr``,
