@@ -23,8 +23,8 @@ __all__ = [
     "QUALITATIVE_EXAMPLES",
     "SIMILARITY_THRESHOLD",
     "AUTHORS_CODE_THRESHOLD",
+    "TABLE3_COSINE_COLUMN",
     "similarity_excerpt_summary",
-    "NEURALSORT_GUMBEL_SINKHORN_EXACT",
     "NEURALSORT_TABLE1",
     "rope_demo_table",
     "matches_printed",
@@ -43,7 +43,8 @@ ROPE_DEMO: dict[str, float] = {
 
 # Section 4.3, Table 1 ("Cosine Similarity Training Configuration"); the
 # entries the table does not state (alpha, batch, warmup) are the authors'
-# code's (the repository's tinyllava_finetune*.py), marked so in every table.
+# code's (tinyllava_finetune*.py in https://github.com/garyz712/GPS, the paper's code link),
+# marked so in every table.
 LORA_CONFIG: dict[str, object] = {
     "lora_rank": 8,
     "lora_dropout": 0.05,
@@ -52,7 +53,7 @@ LORA_CONFIG: dict[str, object] = {
     "learning_rate": 1e-4,
     "optimizer": "paged_adamw_8bit",
 }
-# Not printed in the paper; the authors' code's values (repository tinyllava_finetune*.py).
+# Not printed in the paper; the authors' code's values (tinyllava_finetune*.py in https://github.com/garyz712/GPS).
 LORA_CONFIG_AUTHORS_CODE: dict[str, object] = {
     "lora_alpha": 16,
     "batch_size": 4,
@@ -99,7 +100,9 @@ SIMILARITY_EXCERPT: tuple[tuple[float, ...], ...] = (
     (0.0085, 0.0292, 0.0260, 0.0168, 0.0159, -0.0047),
 )
 SIMILARITY_THRESHOLD = 0.1  # tau_align of Table 3; the default of gpslib.reordering_config
-AUTHORS_CODE_THRESHOLD = 0.08  # the authors' code (tinyllava_finetune_cos*.py), not printed in the paper
+AUTHORS_CODE_THRESHOLD = 0.08  # the authors' code (tinyllava_finetune_cos*.py, garyz712/GPS), not in the paper
+# Table 3's column of the cosine run, named by its threshold
+TABLE3_COSINE_COLUMN = f"cosine_{SIMILARITY_THRESHOLD}"
 
 # Section 4.4: the paper's two qualitative examples (answers truncated as in the paper).
 QUALITATIVE_EXAMPLES: tuple[dict[str, str], ...] = (
@@ -145,8 +148,6 @@ NEURALSORT_TABLE1: dict[str, dict[str, dict[int, float]]] = {
         "elementwise": {3: 0.951, 5: 0.927, 7: 0.909, 9: 0.896, 15: 0.857},
     },
 }
-# The Gumbel-Sinkhorn exact row alone (notebook 03's toy sorting table reads it).
-NEURALSORT_GUMBEL_SINKHORN_EXACT: dict[int, float] = NEURALSORT_TABLE1["Gumbel-Sinkhorn"]["exact"]
 
 
 def matches_printed(ours: float, printed: float, decimals: int) -> bool:
@@ -181,8 +182,8 @@ def table2() -> pd.DataFrame:
 
 
 def table3() -> pd.DataFrame:
-    """Table 3 as the paper reports it: index metric, columns cosine_0.1, original."""
-    df = pd.DataFrame.from_dict(TABLE3_METRICS, orient="index", columns=["cosine_0.1", "original"])
+    """Table 3 as the paper reports it: index metric, columns :data:`TABLE3_COSINE_COLUMN`, original."""
+    df = pd.DataFrame.from_dict(TABLE3_METRICS, orient="index", columns=[TABLE3_COSINE_COLUMN, "original"])
     df.index.name = "metric"
     return df
 
@@ -190,7 +191,7 @@ def table3() -> pd.DataFrame:
 def table3_differences() -> pd.Series:
     """Table 3's cosine (threshold 0.1) minus original, per metric, as the paper's numbers give it."""
     t = table3()
-    return (t["cosine_0.1"] - t["original"]).rename("paper: cosine - original")
+    return (t[TABLE3_COSINE_COLUMN] - t["original"]).rename("paper: cosine - original")
 
 
 def similarity_excerpt_summary() -> dict[str, float]:

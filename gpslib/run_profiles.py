@@ -16,9 +16,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from gpslib.gps import GPSSettings
+
 __all__ = ["PROFILES", "SETTINGS", "check_profile", "profile_settings", "publishes_figures", "model_label"]
 
 PROFILES: tuple[str, ...] = ("smoke", "cpu", "paper")
+
+# GPS's architecture where a profile keeps the paper's (4 blocks, 50 Sinkhorn iterations): written once, in GPSSettings
+_PAPER_GPS = {"num_layers": GPSSettings.num_layers, "sinkhorn_iters": GPSSettings.sinkhorn_iters}
 
 # section -> profile -> settings. Keep each section next to the others so the
 # cost of every profile can be read in one place.
@@ -97,9 +102,9 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # notebooks/05_metric_tables.ipynb, gpslib.table3 (paper Section 4.4, Table 3): the arms
     # (gpslib.table3.ARMS), each strategy of an arm with its seeds, and how many held-out
     # prompts every run is scored on. The runs' other settings: "finetune" above. `cpu`: five
-    # seeds where issue 15 counts diverged GPS seeds (paper_protocol's none and gps), three elsewhere;
+    # seeds where diverged GPS seeds are counted (paper_protocol's none and gps), three elsewhere;
     # gps only in the paper's protocol (its learnt P stays near the identity, records/gps_divergence_causes.csv:
-    # mixed-base 0.256 against none's 0.251), for issue 11's 30-minute budget; "gps_alpha0.5": GPS
+    # mixed-base 0.256 against none's 0.251), for the cpu run's 30-minute budget; "gps_alpha0.5": GPS
     # with the authors' alpha (gpslib.table3.STRATEGY_SETTINGS), the diverging setting (37 runs).
     "table3": {
         "smoke": {"eval_prompts": 4,
@@ -123,15 +128,15 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     # "digits": gpslib.digits_sorting.run_digits_benchmark (sorting 4-digit numbers from
     # scikit-learn's 8x8 digit images, NeuralSort's protocol); `cpu`: 5 n x 3 seeds.
     "gps": {
-        "smoke": {"seeds": [0], "n_tokens": 16, "dim": 32, "ffn_dim": 128, "num_layers": 4, "steps": 12,
-                  "batch_size": 4, "lr": 1e-4, "sinkhorn_iters": 50, "gen_steps": 12,
+        "smoke": {"seeds": [0], "n_tokens": 16, "dim": 32, "ffn_dim": 128, **_PAPER_GPS, "steps": 12,
+                  "batch_size": 4, "lr": 1e-4, "gen_steps": 12,
                   "sort_n_tokens": [5, 9], "n_eval": 8,
                   "diag_n": 32, "diag_taus": [2.0, 1.0, 0.1, 0.01], "diag_iters": [1, 5, 10, 50],
                   "digits": {"n_values": [3, 5], "seeds": [0, 1], "n_digits": 4, "steps": 6, "batch_size": 4,
                              "dim": 16, "channels": [4, 8], "lr": 3e-3, "grad_clip": 5.0, "n_test": 20, "test_batch_size": 10,
                              "gps": {"num_layers": 2, "ffn_dim": 32, "sinkhorn_iters": 20, "hard_after": 1.0}}},
-        "cpu": {"seeds": [0, 1, 2], "n_tokens": 64, "dim": 128, "ffn_dim": 512, "num_layers": 4, "steps": 400,
-                "batch_size": 4, "lr": 1e-4, "sinkhorn_iters": 50, "gen_steps": 400,
+        "cpu": {"seeds": [0, 1, 2], "n_tokens": 64, "dim": 128, "ffn_dim": 512, **_PAPER_GPS, "steps": 400,
+                "batch_size": 4, "lr": 1e-4, "gen_steps": 400,
                 "sort_n_tokens": [5, 9, 15, 64], "n_eval": 64,
                 "diag_n": 800, "diag_taus": [2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.01],
                 "diag_iters": [1, 2, 5, 10, 20, 50, 100, 200, 500],
@@ -139,15 +144,15 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
                            "batch_size": 16, "dim": 32, "channels": [16, 32], "lr": 3e-3, "grad_clip": 5.0,
                            "n_test": 500, "test_batch_size": 250,
                            "gps": {"num_layers": 2, "ffn_dim": 64, "sinkhorn_iters": 20, "hard_after": 1.0}}},
-        "paper": {"seeds": [0, 1, 2], "n_tokens": 800, "dim": 2048, "ffn_dim": 8192, "num_layers": 4, "steps": 1000,
-                  "batch_size": 4, "lr": 1e-4, "sinkhorn_iters": 50, "gen_steps": 1000,
+        "paper": {"seeds": [0, 1, 2], "n_tokens": 800, "dim": 2048, "ffn_dim": 8192, **_PAPER_GPS, "steps": 1000,
+                  "batch_size": 4, "lr": 1e-4, "gen_steps": 1000,
                   "sort_n_tokens": [5, 9, 15, 64, 128], "n_eval": 256,
                   "diag_n": 800, "diag_taus": [2.0, 1.0, 0.5, 0.2, 0.1, 0.05, 0.01],
                   "diag_iters": [1, 2, 5, 10, 20, 50, 100, 200, 500],
                   "digits": {"n_values": [3, 5, 7, 9, 15], "seeds": [0, 1, 2, 3, 4], "n_digits": 4,
                              "steps": 5000, "batch_size": 64, "dim": 64, "channels": [32, 64], "lr": 1e-3, "grad_clip": 5.0,
                              "n_test": 2000, "test_batch_size": 500,
-                             "gps": {"num_layers": 4, "ffn_dim": 256, "sinkhorn_iters": 50, "hard_after": 1.0}}},
+                             "gps": {**_PAPER_GPS, "ffn_dim": 256, "hard_after": 1.0}}},
     },
 }
 
