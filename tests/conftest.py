@@ -4,14 +4,16 @@ Every test runs offline (``HF_HUB_OFFLINE=1``, ``HF_DATASETS_OFFLINE=1``) with o
 thread, so results do not depend on the machine's core count. Tests that start processes
 (the 2-process fine-tune, the CLIs, ``run_all.sh``) carry the ``slow`` marker:
 ``pytest -m "not slow"`` skips them for a quick check; CI runs everything. Helpers that
-several files need (``strip``, ``vsft_messages``, ``scores``, ``cli_flags``, ``tiny``) live here too, imported with
-``from conftest import ...``, so no test file keeps a copy of its own.
+several files need (``strip``, ``vsft_messages``, ``scores``, ``cli_flags``, ``tiny``, ``notebook``, ``WRITE``,
+``load_script``) live here too, imported with ``from conftest import ...``, so no test file keeps a copy of its own.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -61,6 +63,38 @@ def tiny(base_dir, **overrides):
                     batch_size=4, grad_accum=1, max_new_tokens=4, early_stopping_patience=None, seed=0)
     settings.update(overrides)
     return FinetuneConfig(**settings).validate()
+
+
+def notebook(path: Path, *sources: str) -> None:
+    """Write a fake notebook to ``path`` for run_all.sh: a cell tagged ``parameters`` setting
+    ``profile = "smoke"``, then one code cell per source (a markdown cell for a source starting with #)."""
+    import nbformat  # here: only the run_all.sh tests write notebooks
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell('profile = "smoke"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params] + [nbformat.v4.new_markdown_cell(s) if s.startswith("#") else nbformat.v4.new_code_cell(s)
+                           for s in sources]
+    nbformat.write(nb, path)
+
+
+# A notebook cell publishing a one-cell table: ``WRITE.format(value=1, name="table_a")`` saves
+# table_a (column v, value 1) through gpslib.figures.save_table under the notebook's profile.
+WRITE = (
+    "import pandas as pd\n"
+    "from gpslib.figures import save_table\n"
+    "save_table(pd.DataFrame({{'v': [{value}]}}), '{name}', profile)\n"
+)
+
+
+def load_script(path: Path):
+    """The benchmark script at ``path`` (not a package module) imported as a module named after its
+    file stem, executed afresh on every call, so a test can call its ``main(argv)`` in-process."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_configure(config):

@@ -32,14 +32,13 @@ import time
 import traceback
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 from transformers.trainer_callback import TrainerState
 
-from conftest import cli_flags
+from conftest import WRITE, cli_flags, notebook
 from gpslib import finetune as ft
 from gpslib.run_profiles import profile_settings
 
@@ -210,22 +209,6 @@ def _default_signal_handlers() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def _notebook(path: Path, *sources: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell('profile = "smoke"')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params] + [nbformat.v4.new_code_cell(s) for s in sources]
-    nbformat.write(nb, path)
-
-
-WRITE = (
-    "import pandas as pd\n"
-    "from gpslib.figures import save_table\n"
-    "save_table(pd.DataFrame({{'v': [{value}]}}), '{name}', profile)\n"
-)
-
-
 def _papermills_running(notebooks: Path) -> list[str]:
     """Command lines of live papermill processes that run a notebook under ``notebooks``."""
     found = []
@@ -251,11 +234,11 @@ def test_an_interrupted_run_all_publishes_only_the_finished_notebooks_files(tmp_
     publish.mkdir()
     (publish / "table_b.csv").write_text("good old table\n")
     started = tmp_path / "02_started"
-    _notebook(nbs / "01_ok.ipynb", WRITE.format(value=1, name="table_a"))
+    notebook(nbs / "01_ok.ipynb", WRITE.format(value=1, name="table_a"))
     # writes its table into staging, says so, then runs until interrupted
-    _notebook(nbs / "02_interrupted.ipynb", WRITE.format(value=2, name="table_b"),
-              f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(300)")
-    _notebook(nbs / "03_never.ipynb", WRITE.format(value=3, name="table_c"))
+    notebook(nbs / "02_interrupted.ipynb", WRITE.format(value=2, name="table_b"),
+             f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\ntime.sleep(300)")
+    notebook(nbs / "03_never.ipynb", WRITE.format(value=3, name="table_c"))
     env = dict(os.environ, GPSLIB_NOTEBOOKS_DIR=str(nbs), GPSLIB_PUBLISH_DIR=str(publish), GPSLIB_RUNS_DIR=str(runs),
                OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([str(ROOT / "run_all.sh"), "--profile", "cpu"], env=env, stdout=subprocess.PIPE,

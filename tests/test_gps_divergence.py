@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import load_script
 from gpslib import gps_divergence as gdv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,17 +63,10 @@ def test_load_says_when_there_is_no_record(tmp_path):
     assert gdv.load_divergence_causes(tmp_path)[:2] == (None, None)
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("gps_divergence_causes", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_smoke_grid_writes_the_table_and_its_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv("GPSLIB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    prov = _script().main(["--smoke", "--out", str(out), "--runs", str(tmp_path / "runs"), "--workers", "1"])
+    prov = load_script(SCRIPT).main(["--smoke", "--out", str(out), "--runs", str(tmp_path / "runs"), "--workers", "1"])
     table = pd.read_csv(out / gdv.CSV)
     assert sorted(p.name for p in out.iterdir()) == sorted([gdv.CSV, gdv.PROVENANCE_JSON])
     assert list(table.columns) == gdv.COLUMNS
@@ -93,5 +86,5 @@ def test_the_smoke_grid_writes_the_table_and_its_provenance(tmp_path, monkeypatc
 
 def test_smoke_refuses_to_write_without_out(capsys):
     with pytest.raises(SystemExit):
-        _script().main(["--smoke"])
+        load_script(SCRIPT).main(["--smoke"])
     assert "--out" in capsys.readouterr().err

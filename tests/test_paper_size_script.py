@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,19 +12,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import load_script
 from gpslib.paper_size_results import HISTORY_CSV, PROVENANCE_JSON, SINKHORN_CSV, load_paper_size_results
 from gpslib.run_profiles import profile_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "paper_size_gps.py"
 METHODS = {"ours", "ours_matrix", "authors", "prob50", "matrix_lse"}
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("paper_size_gps", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -65,7 +58,7 @@ def test_smoke_run_writes_both_csvs_and_the_provenance_into_out(tmp_path):
 
 
 def test_a_zero_budget_stops_both_parts_and_records_where(tmp_path, capsys):
-    prov = _script().main(["--smoke", "--out", str(tmp_path), "--budget-s", "0"])
+    prov = load_script(SCRIPT).main(["--smoke", "--out", str(tmp_path), "--budget-s", "0"])
     assert prov["gps"]["steps_done"] == 1 and prov["gps"]["stopped_by_budget"] is True
     assert prov["sinkhorn"]["rows"] == 0 and prov["sinkhorn"]["stopped_at"] == {"N": 64, "tau": 2.0}
     assert len(pd.read_csv(tmp_path / HISTORY_CSV)) == 1
@@ -75,7 +68,7 @@ def test_a_zero_budget_stops_both_parts_and_records_where(tmp_path, capsys):
 
 def test_smoke_refuses_to_write_without_out(capsys):
     with pytest.raises(SystemExit):
-        _script().main(["--smoke"])
+        load_script(SCRIPT).main(["--smoke"])
     assert "--out" in capsys.readouterr().err
 
 

@@ -13,23 +13,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import WRITE, notebook
 from gpslib.manifest import check_manifest, load_manifest, manifest_entry
 from gpslib.provenance import settings_hash
 from gpslib.run_profiles import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # runs run_all.sh in subprocesses
-
-
-def _notebook(path: Path, *sources: str) -> None:
-    """A notebook: a parameters cell, then one code cell per source (a markdown cell for a source starting with #)."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    params = nbformat.v4.new_code_cell('profile = "smoke"')
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params] + [nbformat.v4.new_markdown_cell(s) if s.startswith("#") else nbformat.v4.new_code_cell(s)
-                           for s in sources]
-    nbformat.write(nb, path)
 
 
 def _run_all(tmp: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -47,13 +37,6 @@ def _needs_venv():
         pytest.skip("run_all.sh is exercised from its own .venv")
 
 
-WRITE = (
-    "import pandas as pd\n"
-    "from gpslib.figures import save_table\n"
-    "save_table(pd.DataFrame({{'v': [{value}]}}), '{name}', profile)\n"
-)
-
-
 @pytest.fixture(scope="module")
 def failing_run(tmp_path_factory):
     _needs_venv()
@@ -62,9 +45,9 @@ def failing_run(tmp_path_factory):
     nbs.mkdir()
     publish.mkdir()
     (publish / "table_b.csv").write_text("good old table\n")
-    _notebook(nbs / "01_ok.ipynb", WRITE.format(value=1, name="table_a"))
-    _notebook(nbs / "02_fails.ipynb", WRITE.format(value=2, name="table_b"), "raise RuntimeError('boom')")
-    _notebook(nbs / "03_never.ipynb", WRITE.format(value=3, name="table_c"))
+    notebook(nbs / "01_ok.ipynb", WRITE.format(value=1, name="table_a"))
+    notebook(nbs / "02_fails.ipynb", WRITE.format(value=2, name="table_b"), "raise RuntimeError('boom')")
+    notebook(nbs / "03_never.ipynb", WRITE.format(value=3, name="table_c"))
     proc = _run_all(tmp, "--profile", "cpu", GPSLIB_REPORT_DIR="")  # unset: report/ beside the publish folder
     return proc, publish, runs
 
@@ -125,7 +108,7 @@ def fake_root(tmp_path):
     (root / "run_all.sh").write_bytes((ROOT / "run_all.sh").read_bytes())
     (root / "run_all.sh").chmod(0o755)
     for name in ("01_first.ipynb", "03_third.ipynb"):
-        _notebook(root / "notebooks" / name, "pass")
+        notebook(root / "notebooks" / name, "pass")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name in ("python3.11", "python3"):
@@ -183,8 +166,8 @@ def published_run(tmp_path_factory):
     _needs_venv()
     tmp = tmp_path_factory.mktemp("published")
     (tmp / "notebooks").mkdir()
-    _notebook(tmp / "notebooks" / "01_first.ipynb", *FIRST)
-    _notebook(tmp / "notebooks" / "02_second.ipynb", WRITE.format(value=2, name="table_b"))
+    notebook(tmp / "notebooks" / "01_first.ipynb", *FIRST)
+    notebook(tmp / "notebooks" / "02_second.ipynb", WRITE.format(value=2, name="table_b"))
     proc = _run_all(tmp, "--profile", "cpu", GPSLIB_PROGRESS_EVERY="1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc, tmp
@@ -230,8 +213,8 @@ def test_each_executed_notebook_is_in_the_report_with_its_parameters(published_r
     assert not Path(nb.metadata["papermill"]["input_path"]).is_absolute()  # no machine paths committed
     index = (report / "index.md").read_text()
     commit = nb.metadata["gpslib"]["git"]["commit"][:10]
-    for notebook in ("01_first", "02_second"):
-        row = next(line for line in index.splitlines() if line.startswith(f"| [{notebook}]({notebook}.ipynb)"))
+    for name in ("01_first", "02_second"):
+        row = next(line for line in index.splitlines() if line.startswith(f"| [{name}]({name}.ipynb)"))
         assert "| cpu |" in row and commit in row and re.search(r"\| \d+ s \|", row), row
     assert "fig_a [pdf](../figures/fig_a.pdf) [png](../figures/fig_a.png)" in index
 
@@ -249,7 +232,7 @@ def test_progress_shows_each_code_cell_and_a_long_cell_with_name_and_elapsed_tim
 def test_a_smoke_run_keeps_its_manifest_in_runs_and_never_writes_the_report(tmp_path):
     _needs_venv()
     (tmp_path / "notebooks").mkdir()
-    _notebook(tmp_path / "notebooks" / "01_only.ipynb", WRITE.format(value=1, name="table_s"))
+    notebook(tmp_path / "notebooks" / "01_only.ipynb", WRITE.format(value=1, name="table_s"))
     proc = _run_all(tmp_path, "--profile", "smoke", GPSLIB_PUBLISH_DIR="")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     smoke_figures = tmp_path / "runs" / "smoke" / "figures"
