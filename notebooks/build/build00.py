@@ -99,7 +99,7 @@ if infos["image_first"] is not None:
         print("question types asked (share of the training rows): "
               + ", ".join(f"{t} {w:.2f}" for t, w in zip(QUESTION_TYPES, shares)))
     total = infos["image_first"].get("total_seconds", infos["image_first"]["seconds"])
-    print(f"image_first pretraining took {total / 60:.1f} min against issue 11's goal of at most 10 min on 2 cores: "
+    print(f"image_first pretraining took {total / 60:.1f} min against the goal of at most 10 min on 2 cores: "
           + ("met" if total <= 600 else "missed"))
 """)
 md("""
@@ -158,7 +158,7 @@ md("""
 
 Chance is a uniform guess over each type's answer space: 1/6 for colours, 1/5 for shapes, 1/5 for
 counts (zero to four), 1/2 for position (the question offers left/right or top/bottom), existence and
-relation (yes/no). The `all` row pools every short-answer question. The goal of issue 11 for a
+relation (yes/no). The `all` row pools every short-answer question. The goal for a
 base model that *sees*: at least 70% overall, and every type at least 15 points above its chance.
 """)
 code("""
@@ -213,9 +213,9 @@ for sentence in constant_answers(forms):
 forms.round(3)
 """)
 md("""
-## How the base model learnt to see (issue 11, item 1)
+## How the base model learnt to see
 
-The record's first row, `baseline`, is the recipe before issue 11 (its rerun at a later commit
+The record's first row, `baseline`, is the recipe before these trials (its rerun at a later commit
 is `rerun-baseline`). An accuracy equal to the share of one answer among a yes/no type's questions
 means the model gives that answer to every question of the type. Trials changed one setting at a time and scored each model on the same 600 test
 questions: the vision tower's learning-rate split (`vision_lr_scale`), patch-label pre-training
@@ -273,7 +273,7 @@ for sentence in trial_findings(trials):
 md("""
 Before and after, per question type: `rerun-recipe` is the recipe as it stood before the grounding
 loss (the record's rerun of it, seed 0), beside this notebook's image-first model, with each
-type's chance and issue 11's goal (chance + 0.15 per type, 0.70 overall).
+type's chance and the goal (chance + 0.15 per type, 0.70 overall).
 """)
 code("""
 before_after = pd.DataFrame({
@@ -294,7 +294,7 @@ with position questions asked twice as often (`rerun-position`, `question_mix` 1
 second seed of `rerun-grounding` fell short on position) and with both (`rerun-position_3000`, the
 profile's recipe), each trained and scored as this notebook trains and scores its own model (one
 torch thread, the same 600 test questions; the profile's seed 0 is this notebook's model). Per
-type: each seed's accuracy, the minimum over the seeds and the goal; a recipe meets issue 11's
+type: each seed's accuracy, the minimum over the seeds and the goal; a recipe meets the
 goal only if every seed does.
 """)
 code("""
