@@ -32,9 +32,8 @@ one machine and miss it on another, and the loop's side is the one that moves: i
 its time is the page faults of touching that fresh memory, which the machine (its kernel, its
 hypervisor) prices. Two sessions on AMD EPYC machines measured the loop's order at 1.4-1.6 s
 and at 2.9-5.0 s per batch at one thread, with the vectorised order at 17-20 ms in both (order
-ratios 81-99x against 100-225x). So the script
-also prints that price: a new (N, M, D) tensor filled, against an existing one filled; the
-first line names the CPU.
+ratios 81-99x against 100-225x). So the script also prints that price: a new (N, M, D)
+tensor filled, against an existing one filled; the first line names the CPU.
 
 Run:
 

@@ -412,16 +412,17 @@ def update_readme_times(readme: str | os.PathLike, report_dir: str | os.PathLike
     if start not in text or end not in text:
         raise ValueError(f"{readme} lacks the markers {start} ... {end}")
     runs = _report_runs(report_dir)
-    rows, total = [], 0.0
+    rows, total, commits = [], 0.0, set()
     for stem, run in runs:
         total += run.get("wall_time_s") or 0.0
         load = run.get("device", {}).get("load_average_at_end")
         commit = (run.get("git", {}).get("commit") or "?")[:10]
+        commits.add(commit)
         rows.append(f"| {stem} | {run.get('profile')} | {_clock(run.get('wall_time_s'))} | "
                     f"{run.get('finished_at', '?')[:16].replace('T', ' ')} | `{commit}` | "
                     f"{'?' if not load else ' / '.join(f'{x:.1f}' for x in load)} |")
     cores = runs[0][1].get("device", {}).get("cpu_count", "?") if runs else "?"
-    commits = sorted({(run.get("git", {}).get("commit") or "?")[:10] for _, run in runs})
+    commits = sorted(commits)
     mixed = len(commits) > 1
     total_row = (f"| **sum of the rows** (runs of {len(commits)} commits) | | **{_clock(total)}** | | | |" if mixed
                  else f"| **all** | | **{_clock(total)}** | | | |")
